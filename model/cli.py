@@ -1,0 +1,138 @@
+"""The `qgn` command: serve, segment, train, eval, demo."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_WEIGHTS = (
+    Path(__file__).resolve().parent.parent / "weights" / "qgn_small_synthetic.safetensors"
+)
+
+
+def _classes(dataset: str) -> tuple[list[str], list[list[int]]]:
+    """Class names and display colours of a dataset, for the model card."""
+    if dataset == "synthetic":
+        from model.data import CLASSES, PALETTE
+
+        return list(CLASSES), [list(c) for c in PALETTE]
+    if dataset == "cityscapes":
+        from model.data.cityscapes import CITYSCAPES_CLASSES
+
+        colours = {label.name: list(label.color) for label in _cityscapes_labels()}
+        return list(CITYSCAPES_CLASSES), [colours[name] for name in CITYSCAPES_CLASSES]
+    from model.data.ade20k import ADE20K_CLASSES
+
+    rng = __import__("numpy").random.default_rng(150)
+    palette = rng.integers(0, 256, (len(ADE20K_CLASSES), 3)).tolist()
+    return list(ADE20K_CLASSES), palette
+
+
+def _cityscapes_labels():
+    from cityscapesscripts.helpers.labels import labels
+
+    return labels
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig, train
+
+    classes, palette = _classes(args.dataset)
+    config = TrainConfig(
+        dataset=args.dataset,
+        root=args.root,
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop=(args.crop[0], args.crop[1]),
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        cache_scenes=args.cache_scenes,
+        out=args.out,
+        weights=args.weights,
+        classes=classes,
+        palette=palette,
+    )
+    command = "qgn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    train(config, resume=args.resume, command=command)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Segments a generated street scene with each scheme and writes a side-by-side PNG."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from model.data import CLASSES, PALETTE, VAL_SEEDS, make_scene
+    from model.qgn import qgn_small
+    from model.schemes import make_scheme
+
+    weights = Path(args.weights)
+    if weights.is_file():
+        from model.weights import load_weights
+
+        model, card = load_weights(weights)
+        palette = card["palette"]
+        print(f"weights: {weights}")
+    else:
+        torch.manual_seed(0)
+        model, palette = qgn_small(len(CLASSES)).eval(), PALETTE
+        print(f"no weights at {weights}: random weights (masks will be noise)")
+    image, _ = make_scene(VAL_SEEDS[0], args.height, args.width)
+    colours = np.asarray(palette, dtype=np.uint8)
+    panels = [image]
+    for name in ("all", "pc"):
+        pred = model.predict(image, make_scheme(name))
+        panels.append(colours[pred.mask.numpy()])
+        print(
+            f"{name:>4}: peak {pred.peak_bytes / 2**20:7.1f} MiB"
+            f"  latency {pred.latency_s * 1e3:7.1f} ms"
+            f"  active sites per level {pred.active_sites}  leaves {len(pred.leaves)}"
+        )
+    Image.fromarray(np.concatenate(panels, axis=0)).save(args.out)
+    print(f"wrote {args.out} (image, then the `all` and `pc` masks)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qgn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a QGN (torchrun for several processes)")
+    train.add_argument(
+        "--dataset", default="synthetic", choices=["synthetic", "cityscapes", "ade20k"]
+    )
+    train.add_argument("--root", default=None, help="dataset folder (real datasets)")
+    train.add_argument("--model", default="qgn_small")
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--crop", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
+    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=100)
+    train.add_argument("--cache-scenes", type=int, default=256)
+    train.add_argument("--out", default="runs/train")
+    train.add_argument("--weights", default=None, help="final .safetensors path")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.set_defaults(run=_train)
+
+    demo = commands.add_parser("demo", help="segment a generated scene, write demo.png")
+    demo.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    demo.add_argument("--height", type=int, default=512)
+    demo.add_argument("--width", type=int, default=1024)
+    demo.add_argument("--out", default="demo.png")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

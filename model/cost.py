@@ -1,0 +1,96 @@
+"""What an inference will cost in memory, before it runs: the basis of `scheme=budget`.
+
+The decoder's peak is the peak of its costliest stage, and a stage's peak is linear in its
+active sites. For the CPU path the terms are known exactly (`analytic`): inside a sparse
+residual block five (N, D) float tensors live at once (the block input, the first
+convolution's output, the second's output, and one offset's gathered inputs and product),
+plus the rulebook (9 int32 input/output index pairs per site, one offset widened to int64
+while in use) and the coordinates (3 int64 + 3 int32). A fixed cost per stage covers the
+filter copies. Everything before the
+decoder (the encoder, the dense level 0, the final mask) is linear in the padded pixel count.
+
+`calibrate` measures the same terms on the device the model runs on (CUDA kernels differ)
+and keeps the larger of measured and analytic, so predictions err on the side of the budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# spconv's int32 pairs, plus one offset's pairs widened to int64 while it is applied.
+RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
+COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
+FLOAT_BYTES = 4
+LIVE_TENSORS_PER_SITE = 5
+
+
+def padded_pixels(height: int, width: int) -> int:
+    return (-(-height // 32) * 32) * (-(-width // 32) * 32)
+
+
+@dataclass
+class MemoryCost:
+    """Bytes per active site and fixed bytes of each decoder stage (index = level), and the
+    peak of an inference that refines nothing, as a linear function of padded pixels."""
+
+    site_bytes: list[int]
+    stage_bytes: list[int]
+    base_bytes_per_pixel: float
+    base_bytes: int
+
+    @classmethod
+    def analytic(cls, decoder_widths: tuple[int, ...], encoder_widths: tuple[int, ...]):
+        site_bytes = [
+            FLOAT_BYTES * LIVE_TENSORS_PER_SITE * width
+            + RULEBOOK_BYTES_PER_SITE
+            + COORD_BYTES_PER_SITE
+            + (decoder_widths[level - 1] if level else 0)  # a parent's floats, per child
+            for level, width in enumerate(decoder_widths)
+        ]
+        stage_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
+        # The stem's input and output at its peak: the float image (12 B/pixel) and the first
+        # feature map (width / 4 floats per pixel at stride 2) plus its normalisation.
+        per_pixel = 12 + 2 * FLOAT_BYTES * encoder_widths[0] / 4 + FLOAT_BYTES * 3
+        return cls(site_bytes, stage_bytes, per_pixel, 0)
+
+    def min_budget_bytes(self, height: int, width: int) -> int:
+        """The peak of an inference that propagates nothing: no budget below it can hold."""
+        return math.ceil(self.base_bytes + self.base_bytes_per_pixel * padded_pixels(height, width))
+
+    def decoder_bytes(self, active_sites: list[int]) -> list[int]:
+        """Predicted working bytes of each level's stage for the given active sites."""
+        return [
+            (self.stage_bytes[level] + self.site_bytes[level] * count) if count else 0
+            for level, count in enumerate(active_sites)
+        ]
+
+
+def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512))) -> MemoryCost:
+    """Measures the cost terms of `model` on `device` and keeps the larger of measured and
+    analytic per term. Runs two `all` and two refine-nothing inferences on random images."""
+    from model.schemes import All, Budget
+
+    analytic = MemoryCost.analytic(model.config.decoder_widths, model.config.encoder_widths)
+    generator = torch.Generator().manual_seed(0)
+    site_bytes = list(analytic.site_bytes)
+    base = []
+    for height, width in sizes:
+        image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+        run = model.predict(image, All())
+        for level in range(1, len(site_bytes)):
+            count = run.active_sites[level]
+            phase = f"level{level}"
+            measured = (
+                run.phase_peaks[phase] - run.phase_starts[phase] - analytic.stage_bytes[level]
+            )
+            measured += FLOAT_BYTES * model.config.decoder_widths[level - 1] * count / 4
+            site_bytes[level] = max(site_bytes[level], math.ceil(measured / max(count, 1)))
+        nothing = model.predict(image, Budget(1))
+        base.append((padded_pixels(height, width), nothing.peak_bytes))
+    (p0, b0), (p1, b1) = base
+    per_pixel = max((b1 - b0) / (p1 - p0), analytic.base_bytes_per_pixel)
+    fixed = max(0, math.ceil(max(b0 - per_pixel * p0, b1 - per_pixel * p1)))
+    return MemoryCost(site_bytes, analytic.stage_bytes, per_pixel, fixed)

@@ -1,0 +1,129 @@
+"""The QGN decoder: a dense head at stride 32, then one sparse refinement stage per level.
+
+A stage receives the sites its parent level propagated, creates their four children by
+indexing (each parent feature goes through one linear map per child position, which is a 2×2
+stride-2 transposed convolution evaluated only where it is needed), adds the encoder skip
+feature read at the children, and runs submanifold residual blocks on the active sites only.
+Each level ends in a 1×1 head predicting C + 1 logits (0 = composite).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.encoder import BasicBlock
+from model.sparse import ActiveSites, SubmanifoldConv2d
+
+# Child k of parent (row, col) sits at (2 row + dy, 2 col + dx), k = 2 dy + dx.
+CHILD_OFFSETS = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+
+
+class DenseHead(nn.Module):
+    """Level 0: dense features and logits at stride 32."""
+
+    def __init__(self, in_channels: int, channels: int, num_logits: int, depth: int = 1):
+        super().__init__()
+        self.project = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.blocks = nn.Sequential(*[BasicBlock(channels, channels) for _ in range(depth)])
+        self.classifier = nn.Conv2d(channels, num_logits, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.blocks(self.project(x))
+        return features, self.classifier(features)
+
+
+def batch_norm_(norm: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    """BatchNorm over active sites, in place at inference (it is then an affine map, and
+    the decoder's peak memory is what the budget scheme sells). In training, a level with
+    under two sites uses the running statistics instead of raising."""
+    if not norm.training:
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        return x.mul_(scale).add_(norm.bias - norm.running_mean * scale)
+    if x.shape[0] > 1:
+        return norm(x)
+    return nn.functional.batch_norm(
+        x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+    )
+
+
+class SparseBasicBlock(nn.Module):
+    """BasicBlock on active sites: two submanifold 3×3 convolutions and a residual."""
+
+    def __init__(self, channels: int, key: str):
+        super().__init__()
+        self.conv1 = SubmanifoldConv2d(channels, channels, key)
+        self.bn1 = nn.BatchNorm1d(channels)
+        self.conv2 = SubmanifoldConv2d(channels, channels, key)
+        self.bn2 = nn.BatchNorm1d(channels)
+
+    def forward(self, x: Tensor, sites: ActiveSites) -> Tensor:
+        hidden = batch_norm_(self.bn1, self.conv1(x, sites)).relu_()
+        out = self.conv2(hidden, sites)
+        del hidden
+        out = batch_norm_(self.bn2, out)
+        return out.add_(x).relu_()
+
+
+def children_of(parents: Tensor, in_image: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Coordinates of the four children of each (batch, row, col) parent, and for each child
+    the index of its parent; children whose block lies outside the image are dropped."""
+    count = parents.shape[0]
+    offsets = CHILD_OFFSETS.to(parents.device)
+    rows = (2 * parents[:, 1:2] + offsets[:, 0]).reshape(-1)
+    cols = (2 * parents[:, 2:3] + offsets[:, 1]).reshape(-1)
+    batch = parents[:, 0:1].expand(count, 4).reshape(-1)
+    inside = (rows < in_image[0]) & (cols < in_image[1])
+    children = torch.stack([batch, rows, cols], dim=1)[inside]
+    slot = torch.arange(count * 4, device=parents.device)[inside]
+    return children, slot
+
+
+class RefinementStage(nn.Module):
+    """One finer quadtree level, computed on the children of the propagated parents."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        skip_channels: int,
+        channels: int,
+        num_logits: int,
+        depth: int,
+        key: str,
+    ):
+        super().__init__()
+        self.channels = channels
+        self.key = key
+        self.upsample = nn.Linear(in_channels, 4 * channels, bias=False)
+        self.skip = nn.Linear(skip_channels, channels, bias=False)
+        self.bn = nn.BatchNorm1d(channels)
+        self.blocks = nn.ModuleList(SparseBasicBlock(channels, key) for _ in range(depth))
+        self.classifier = nn.Linear(channels, num_logits)
+
+    def forward(
+        self,
+        parent_features: Tensor,
+        parent_coords: Tensor,
+        skip: Tensor,
+        in_image: tuple[int, int],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (features, coords, logits) of the children that lie in the image."""
+        coords, slot = children_of(parent_coords, in_image)
+        if len(coords) == 0:
+            empty = parent_features.new_zeros((0, self.channels))
+            return empty, coords, self.classifier(empty)
+        features = self.upsample(parent_features).reshape(-1, self.channels)
+        if len(slot) < len(features):
+            features = features[slot]
+        skip_at_sites = skip[coords[:, 0], :, coords[:, 1], coords[:, 2]]
+        features = features.add_(self.skip(skip_at_sites))
+        del skip_at_sites
+        features = batch_norm_(self.bn, features).relu_()
+        sites = ActiveSites(coords, skip.shape[-2:], skip.shape[0], self.key)
+        for block in self.blocks:
+            features = block(features, sites)
+        return features, coords, self.classifier(features)

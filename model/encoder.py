@@ -1,0 +1,94 @@
+"""A ResNet encoder without dilation: five dense feature maps at strides 2, 4, 8, 16, 32.
+
+Contract: `forward(x)` takes a (B, 3, H, W) batch with H and W multiples of 32 and returns
+a list of five maps; map i has `out_channels[i]` channels and stride `strides[i]`.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """The two-convolution residual block of ResNet-18/34."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = norm_layer(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = norm_layer(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                norm_layer(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def make_stage(
+    in_channels: int,
+    out_channels: int,
+    depth: int,
+    stride: int,
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+) -> nn.Sequential:
+    blocks = [BasicBlock(in_channels, out_channels, stride, norm_layer)]
+    blocks += [BasicBlock(out_channels, out_channels, 1, norm_layer) for _ in range(depth - 1)]
+    return nn.Sequential(*blocks)
+
+
+class ResNetEncoder(nn.Module):
+    """A stride-2 stem followed by four stride-2 stages of BasicBlocks.
+
+    `widths[i]` and `depths[i]` are the channels and block count at stride 2^(i+1); the stem
+    is one stride-2 convolution plus `depths[0]` blocks (0 allowed).
+    """
+
+    strides = (2, 4, 8, 16, 32)
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32, 64, 96, 128),
+        depths: tuple[int, ...] = (0, 1, 1, 1, 1),
+        in_channels: int = 3,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        if len(widths) != 5 or len(depths) != 5:
+            raise ValueError(f"need 5 widths and 5 depths, got {widths} and {depths}")
+        self.out_channels = tuple(widths)
+        self.stem = nn.Sequential(
+            conv3x3(in_channels, widths[0], stride=2),
+            norm_layer(widths[0]),
+            nn.ReLU(inplace=True),
+            *[BasicBlock(widths[0], widths[0], 1, norm_layer) for _ in range(depths[0])],
+        )
+        self.stages = nn.ModuleList(
+            make_stage(widths[i - 1], widths[i], max(depths[i], 1), 2, norm_layer)
+            for i in range(1, 5)
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"input sides must be multiples of 32, got {tuple(x.shape[-2:])}")
+        features = [self.stem(x)]
+        for stage in self.stages:
+            features.append(stage(features[-1]))
+        return features

@@ -1,0 +1,146 @@
+"""Peak memory of one inference, measured the same way on CPU and CUDA.
+
+On CUDA the caching allocator's own statistics are exact. CPU torch keeps no such statistics,
+so `CpuAllocationTracker` watches every tensor storage created while it is active (through a
+`TorchDispatchMode`, which also sees the buffers spconv allocates through torch) and counts
+its bytes until the storage is freed. Both report bytes allocated *during* the measured
+window: weights and tensors that existed before it do not count.
+
+`MemoryProbe` adds phases: the model asks how many bytes are live now (to decide how many
+sites a memory budget still allows) and how high each phase went.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class CpuAllocationTracker(TorchDispatchMode):
+    """Counts the bytes of live tensor storages created while the mode is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._sizes: dict[int, int] = {}
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self.allocated_bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu":
+                self._track(leaf.untyped_storage())
+        return out
+
+    def _track(self, storage: torch.UntypedStorage) -> None:
+        key = storage.data_ptr()
+        nbytes = storage.nbytes()
+        if nbytes == 0:
+            return
+        with self._lock:
+            if key in self._sizes:
+                return
+            self._sizes[key] = nbytes
+            self.live_bytes += nbytes
+            self.allocated_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(storage, self._release, key)
+
+    def _release(self, key: int) -> None:
+        with self._lock:
+            self.live_bytes -= self._sizes.pop(key, 0)
+
+
+class MemoryProbe:
+    """Live and peak bytes of one measured window, with per-phase peaks.
+
+    Use as a context manager around the inference. `live_bytes()` is what the window holds
+    now; `begin_phase(name)` starts a phase whose peak lands in `phase_peaks[name]`.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.phase_peaks: dict[str, int] = {}
+        self.phase_starts: dict[str, int] = {}
+        self.peak_bytes = 0
+        self._phase: str | None = None
+        self._tracker: CpuAllocationTracker | None = None
+        self._base = 0
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def __enter__(self) -> MemoryProbe:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._tracker = CpuAllocationTracker()
+            self._tracker.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_phase()
+        self.peak_bytes = max(self.peak_bytes, self._window_peak())
+        if self._tracker is not None:
+            self._tracker.__exit__(*exc)
+
+    def live_bytes(self) -> int:
+        if self.is_cuda:
+            return torch.cuda.memory_allocated(self.device) - self._base
+        return self._tracker.live_bytes if self._tracker else 0
+
+    def _window_peak(self) -> int:
+        if self.is_cuda:
+            return torch.cuda.max_memory_allocated(self.device) - self._base
+        return self._tracker.peak_bytes if self._tracker else 0
+
+    def _reset_peak(self) -> None:
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self._tracker is not None:
+            self._tracker.peak_bytes = self._tracker.live_bytes
+
+    def begin_phase(self, name: str) -> None:
+        """Closes the running phase and starts `name`; its peak goes to `phase_peaks`."""
+        self._close_phase()
+        self._phase = name
+        self.phase_starts[name] = self.live_bytes()
+        self._reset_peak()
+
+    def _close_phase(self) -> None:
+        if self._phase is None:
+            return
+        peak = self._window_peak()
+        self.phase_peaks[self._phase] = peak
+        self.peak_bytes = max(self.peak_bytes, peak)
+        self._phase = None
+
+
+class NullProbe:
+    """Stands in for `MemoryProbe` when nothing is measured."""
+
+    peak_bytes = 0
+
+    def live_bytes(self) -> int:
+        return 0
+
+    def begin_phase(self, name: str) -> None:
+        pass
+
+
+@contextmanager
+def measure(device: torch.device | str = "cpu") -> Iterator[MemoryProbe]:
+    """`with measure(device) as probe: ...`, then `probe.peak_bytes`."""
+    with MemoryProbe(device) as probe:
+        yield probe

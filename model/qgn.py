@@ -1,0 +1,261 @@
+"""The Quadtree Generating Network (Chitta, Alvarez, Hebert, WACV 2020), built on spconv.
+
+A dense ResNet encoder, a dense head at stride 32 (level 0), then one sparse refinement stage
+per finer level down to single pixels (level 5). Which sites a level refines is decided by a
+propagation scheme passed at call time (`model.schemes`), so memory per call is a knob that
+needs no retraining. `predict()` runs one image and returns its mask, its canonical quadtree
+and what the decoder spent per level.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.cost import MemoryCost, padded_pixels
+from model.decoder import DenseHead, RefinementStage
+from model.encoder import ResNetEncoder
+from model.memory import MemoryProbe, NullProbe
+from model.quadtree import block_sizes, canonical_leaves, leaves_to_dense, level_shape
+from model.schemes import LevelView, Scheme
+
+LEVELS = 6
+# Painting the mask and finding its canonical leaves, at their peak (uint8 maps).
+MASK_BYTES_PER_PIXEL = 16
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class QGNConfig:
+    """Everything needed to rebuild the network; stored in the model card."""
+
+    num_classes: int
+    encoder_widths: tuple[int, ...] = (16, 32, 64, 96, 128)
+    encoder_depths: tuple[int, ...] = (0, 1, 1, 1, 1)
+    # Level 0 (stride 32, dense) to level 5 (pixels, sparse); multiples of 8 suit spconv.
+    decoder_widths: tuple[int, ...] = (128, 96, 64, 32, 16, 16)
+    decoder_depths: tuple[int, ...] = (1, 1, 1, 1, 1, 1)
+
+    def __post_init__(self):
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if len(self.decoder_widths) != LEVELS or len(self.decoder_depths) != LEVELS:
+            raise ValueError(f"need {LEVELS} decoder widths and depths (one per level)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QGNConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass
+class LevelOutput:
+    """The sites one level computed, their logits, and which of them propagated."""
+
+    coords: Tensor  # (N, 3) batch, row, col
+    logits: Tensor  # (N, C + 1)
+    propagate: Tensor  # (N,) bool
+
+
+@dataclass
+class QGNOutput:
+    levels: list[LevelOutput]
+    height: int
+    width: int
+
+    def active_sites(self) -> list[int]:
+        return [len(level.coords) for level in self.levels]
+
+    def leaves(self, batch: int = 0) -> Tensor:
+        """The predicted quadtree of one image: every computed site that did not propagate
+        is a leaf with its best real class. Rows are (level, row, col, class)."""
+        found = []
+        for index, level in enumerate(self.levels):
+            stop = ~level.propagate & (level.coords[:, 0] == batch)
+            classes = level.logits[stop, 1:].argmax(dim=1)
+            rows, cols = level.coords[stop, 1], level.coords[stop, 2]
+            found.append(torch.stack([torch.full_like(rows, index), rows, cols, classes], 1))
+        return torch.cat(found).cpu()
+
+
+@dataclass
+class Prediction:
+    """One image's result: the dense mask, its canonical quadtree, and what it cost."""
+
+    mask: Tensor  # (H, W) class ids
+    leaves: Tensor  # (N, 4) canonical leaves of `mask`
+    active_sites: list[int]
+    in_image_sites: list[int]
+    decoder_bytes: list[int]
+    peak_bytes: int
+    latency_s: float
+    device: str
+    scheme: dict = field(default_factory=dict)
+    phase_peaks: dict[str, int] = field(default_factory=dict)
+    phase_starts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def active_fraction(self) -> list[float]:
+        return [a / max(n, 1) for a, n in zip(self.active_sites, self.in_image_sites, strict=True)]
+
+
+def to_batch(image: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """An (H, W, 3) uint8 image as a normalised (1, 3, H, W) float batch."""
+    image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}"
+        )
+    x = image.to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+class QGN(nn.Module):
+    def __init__(self, config: QGNConfig):
+        super().__init__()
+        self.config = config
+        self.num_logits = config.num_classes + 1
+        self.encoder = ResNetEncoder(config.encoder_widths, config.encoder_depths)
+        widths, depths = config.decoder_widths, config.decoder_depths
+        self.head = DenseHead(config.encoder_widths[-1], widths[0], self.num_logits, depths[0])
+        # Level l's skip: encoder stride 32 / 2^l; level 5 (stride 1) reads the image itself.
+        skip_channels = [*config.encoder_widths[3::-1], 3]
+        self.stages = nn.ModuleList(
+            RefinementStage(
+                widths[i - 1], skip_channels[i - 1], widths[i], self.num_logits, depths[i], f"l{i}"
+            )
+            for i in range(1, LEVELS)
+        )
+        self.cost = MemoryCost.analytic(config.decoder_widths, config.encoder_widths)
+
+    def forward(
+        self, images: Tensor, scheme: Scheme, probe: MemoryProbe | NullProbe | None = None
+    ) -> QGNOutput:
+        """Runs the network on a (B, 3, H, W) batch of any size; sides are padded to 32."""
+        probe = probe or NullProbe()
+        batch, _, height, width = images.shape
+        pad_h, pad_w = -height % 32, -width % 32
+        probe.begin_phase("encoder")
+        padded = nn.functional.pad(images, (0, pad_w, 0, pad_h))
+        features = self.encoder(padded)
+        # Skips for levels 1..5, dropped as soon as their level has run.
+        skips = [*features[3::-1], padded]
+        del padded
+
+        probe.begin_phase("level0")
+        dense_features, dense_logits = self.head(features[4])
+        del features
+        rows, cols = level_shape(height, width, 0, LEVELS)
+        grid = torch.stack(
+            torch.meshgrid(
+                torch.arange(batch), torch.arange(rows), torch.arange(cols), indexing="ij"
+            ),
+            dim=-1,
+        )
+        coords = grid.reshape(-1, 3).to(images.device)
+        b, r, c = coords.unbind(dim=1)
+        site_features = dense_features.permute(0, 2, 3, 1)[b, r, c]
+        logits = dense_logits.permute(0, 2, 3, 1)[b, r, c]
+        del dense_features, dense_logits
+
+        levels = []
+        for level in range(LEVELS):
+            last = level == LEVELS - 1
+            if last:
+                propagate = torch.zeros(len(coords), dtype=torch.bool, device=coords.device)
+            else:
+                view = LevelView(
+                    level=level,
+                    logits=logits.detach(),
+                    coords=coords,
+                    live_bytes=probe.live_bytes(),
+                    child_site_bytes=self.cost.site_bytes[level + 1],
+                    child_stage_bytes=self.cost.stage_bytes[level + 1]
+                    + MASK_BYTES_PER_PIXEL * padded_pixels(height, width),
+                )
+                propagate = scheme.select(view)
+            levels.append(LevelOutput(coords, logits, propagate))
+            if last:
+                break
+            parent_features = site_features[propagate]
+            parent_coords = coords[propagate]
+            del site_features
+            probe.begin_phase(f"level{level + 1}")
+            site_features, coords, logits = self.stages[level](  # noqa: RUF059 (next level)
+                parent_features,
+                parent_coords,
+                skips[level],
+                level_shape(height, width, level + 1, LEVELS),
+            )
+            skips[level] = None
+            del parent_features
+        return QGNOutput(levels, height, width)
+
+    @torch.inference_mode()
+    def predict(self, image: np.ndarray | Tensor, scheme: Scheme) -> Prediction:
+        """Segments one (H, W, 3) uint8 image; peak memory covers everything from the
+        uploaded pixels to the canonical leaves of the finished mask."""
+        if self.training:
+            raise RuntimeError("call model.eval() before predict()")
+        device = next(self.parameters()).device
+        start = time.perf_counter()
+        with MemoryProbe(device) as probe:
+            batch = to_batch(image, device)
+            height, width = batch.shape[-2:]
+            output = self(batch, scheme, probe)
+            del batch
+            probe.begin_phase("mask")
+            mask_dtype = torch.uint8 if self.config.num_classes <= 255 else torch.int64
+            mask = leaves_to_dense(output.leaves(0), height, width, LEVELS, dtype=mask_dtype)
+            active = output.active_sites()
+            del output
+            leaves = canonical_leaves(mask, LEVELS)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        latency = time.perf_counter() - start
+        in_image = [math.prod(level_shape(height, width, level, LEVELS)) for level in range(LEVELS)]
+        return Prediction(
+            mask=mask.cpu(),
+            leaves=leaves.cpu(),
+            active_sites=active,
+            in_image_sites=in_image,
+            decoder_bytes=self.cost.decoder_bytes(active),
+            peak_bytes=probe.peak_bytes,
+            latency_s=latency,
+            device=device.type,
+            scheme=scheme.describe(),
+            phase_peaks=dict(probe.phase_peaks),
+            phase_starts=dict(probe.phase_starts),
+        )
+
+
+def qgn_tiny(num_classes: int = 12) -> QGN:
+    """Unit tests: a few thousand parameters, fast on any image."""
+    return QGN(
+        QGNConfig(
+            num_classes=num_classes,
+            encoder_widths=(8, 8, 16, 16, 16),
+            encoder_depths=(0, 1, 1, 1, 1),
+            decoder_widths=(16, 16, 8, 8, 8, 8),
+            decoder_depths=(0, 1, 1, 1, 1, 1),
+        )
+    )
+
+
+def qgn_small(num_classes: int = 12) -> QGN:
+    """The served model: small enough to train on a 2-core CPU."""
+    return QGN(QGNConfig(num_classes=num_classes))
+
+
+MODELS = {"qgn_tiny": qgn_tiny, "qgn_small": qgn_small}
+BLOCK_SIZES = block_sizes(LEVELS)

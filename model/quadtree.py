@@ -1,0 +1,233 @@
+"""Dense label maps <-> quadtrees, as in the QGN paper (Chitta et al., WACV 2020).
+
+Level 0 holds 32×32 blocks, level 5 single pixels (block sizes 32, 16, 8, 4, 2, 1 for the
+default 6 levels). A block is a *leaf* when its pixels agree on one class and its parent's do
+not. Per-level training targets use class 0 for *composite* (split further) and shift the real
+classes to 1..C. Everything here is vectorised: block statistics come from reshaping the
+padded map, never from a Python loop over blocks.
+
+Ignore pixels (255) are wildcards in the targets: a block whose non-ignore pixels share one
+class is uniform, a block that is all ignore is ignore. Image padding is handled the same way,
+so edge blocks are judged on their in-image pixels only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IGNORE = 255
+COMPOSITE = 0
+DEFAULT_LEVELS = 6
+
+_NO_VALUE = torch.iinfo(torch.int64).max
+
+
+def block_sizes(levels: int = DEFAULT_LEVELS) -> list[int]:
+    """Side of a block at each level, coarsest first: [32, 16, 8, 4, 2, 1] for 6 levels."""
+    return [2 ** (levels - 1 - level) for level in range(levels)]
+
+
+def level_shape(
+    height: int, width: int, level: int, levels: int = DEFAULT_LEVELS
+) -> tuple[int, int]:
+    """Number of blocks of `level` that hold at least one in-image pixel (rows, cols)."""
+    size = block_sizes(levels)[level]
+    return -(-height // size), -(-width // size)
+
+
+def _check_mask(mask: Tensor) -> Tensor:
+    mask = torch.as_tensor(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D label map (H, W), got shape {tuple(mask.shape)}")
+    if mask.dtype.is_floating_point or mask.dtype == torch.bool:
+        raise TypeError(f"expected an integer label map, got dtype {mask.dtype}")
+    if mask.numel() == 0:
+        raise ValueError("the label map is empty")
+    return mask
+
+
+def _as_mask(mask: Tensor) -> Tensor:
+    return _check_mask(mask).to(torch.int64)
+
+
+def _block_extrema(values: Tensor, valid: Tensor, levels: int) -> list[tuple[Tensor, Tensor]]:
+    """Per level (coarsest first), the min and max of the valid values in each block.
+
+    Blocks with no valid value get min = int64 max and max = -1. `values` must be >= 0.
+    """
+    height, width = values.shape
+    base = block_sizes(levels)[0]
+    pad_h, pad_w = -height % base, -width % base
+    lo = torch.where(valid, values, _NO_VALUE)
+    hi = torch.where(valid, values, -1)
+    lo = torch.nn.functional.pad(lo, (0, pad_w, 0, pad_h), value=_NO_VALUE)
+    hi = torch.nn.functional.pad(hi, (0, pad_w, 0, pad_h), value=-1)
+    extrema = [(lo, hi)]
+    for _ in range(levels - 1):
+        rows, cols = lo.shape[0] // 2, lo.shape[1] // 2
+        lo = lo.view(rows, 2, cols, 2).amin(dim=(1, 3))
+        hi = hi.view(rows, 2, cols, 2).amax(dim=(1, 3))
+        extrema.append((lo, hi))
+    return extrema[::-1]
+
+
+def _upsample2(grid: Tensor) -> Tensor:
+    return grid.repeat_interleave(2, dim=0).repeat_interleave(2, dim=1)
+
+
+def dense_to_levels(
+    mask: Tensor, levels: int = DEFAULT_LEVELS, ignore: int = IGNORE, prune: bool = True
+) -> list[Tensor]:
+    """Per-level target maps of a label map, coarsest first.
+
+    Level l is a (Hp / s_l) × (Wp / s_l) int64 map, Hp and Wp padded up to a multiple of 32:
+    0 = composite, c + 1 = uniform class c, `ignore` = nothing to learn here. With `prune`,
+    children of a parent that is already resolved (uniform or ignore) are set to `ignore`, so
+    each level is supervised only where the tree reaches it (the reference's `return_255`).
+    """
+    mask = _as_mask(mask)
+    valid = mask != ignore
+    targets = []
+    for lo, hi in _block_extrema(mask, valid, levels):
+        uniform = (lo == hi) & (hi >= 0)
+        target = torch.full_like(lo, ignore)
+        target[hi >= 0] = COMPOSITE
+        target[uniform] = lo[uniform] + 1
+        targets.append(target)
+    if prune:
+        for level in range(1, levels):
+            resolved = _upsample2(targets[level - 1] != COMPOSITE)
+            targets[level][resolved] = ignore
+    return targets
+
+
+def levels_to_leaves(targets: list[Tensor], ignore: int = IGNORE) -> Tensor:
+    """Leaves of per-level targets as an (N, 4) int64 tensor of (level, row, col, class).
+
+    A leaf is a uniform site (target 1..C) whose parent is composite; classes are shifted
+    back to 0..C-1. Rows are ordered by level, then row-major.
+    """
+    found = []
+    for level, target in enumerate(targets):
+        leaf = (target != COMPOSITE) & (target != ignore)
+        if level > 0:
+            leaf &= _upsample2(targets[level - 1] == COMPOSITE)
+        rows, cols = leaf.nonzero(as_tuple=True)
+        found.append(_leaf_rows(level, rows, cols, target[rows, cols] - 1))
+    return torch.cat(found)
+
+
+def canonical_leaves(mask: Tensor, levels: int = DEFAULT_LEVELS) -> Tensor:
+    """The minimal quadtree of a mask, judged on in-image pixels only.
+
+    A block is a leaf iff its in-image pixels share one value and its parent's do not; every
+    value of `mask` counts as a class, 255 included. Returns (N, 4) int64 rows of
+    (level, row, col, class), ordered by level, then row-major. Works in the mask's own dtype
+    (a uint8 mask costs ~3 bytes per pixel): the padding replicates the last in-image row and
+    column, which lie in the same block, so no block changes its verdict.
+    """
+    mask = _check_mask(mask)
+    if mask.min() < 0:
+        raise ValueError("label values must be >= 0")
+    height, width = mask.shape
+    base = block_sizes(levels)[0]
+    padded = mask
+    if height % base:
+        padded = torch.cat([padded, padded[-1:].expand(-height % base, -1)], dim=0)
+    if width % base:
+        padded = torch.cat([padded, padded[:, -1:].expand(-1, -width % base)], dim=1)
+    lo, hi = padded, padded
+    pyramid = [(lo, hi)]
+    for _ in range(levels - 1):
+        rows, cols = lo.shape[0] // 2, lo.shape[1] // 2
+        lo = lo.reshape(rows, 2, cols, 2).amin(dim=(1, 3))
+        hi = hi.reshape(rows, 2, cols, 2).amax(dim=(1, 3))
+        pyramid.append((lo, hi))
+    found = []
+    parent_uniform = None
+    for level, (lo, hi) in enumerate(pyramid[::-1]):
+        rows, cols = level_shape(height, width, level, levels)
+        lo, hi = lo[:rows, :cols], hi[:rows, :cols]
+        uniform = lo == hi
+        leaf = uniform
+        if parent_uniform is not None:
+            leaf = uniform & ~_upsample2(parent_uniform)[:rows, :cols]
+        r, c = leaf.nonzero(as_tuple=True)
+        found.append(_leaf_rows(level, r, c, lo[r, c].to(torch.int64)))
+        parent_uniform = uniform
+    return torch.cat(found)
+
+
+def _leaf_rows(level: int, rows: Tensor, cols: Tensor, classes: Tensor) -> Tensor:
+    return torch.stack([torch.full_like(rows, level), rows, cols, classes], dim=1)
+
+
+def _check_leaves(leaves: Tensor, height: int, width: int, levels: int) -> Tensor:
+    leaves = torch.as_tensor(leaves, dtype=torch.int64).reshape(-1, 4)
+    if leaves.numel() and (leaves[:, 0].min() < 0 or leaves[:, 0].max() >= levels):
+        raise ValueError(f"leaf levels must lie in 0..{levels - 1}")
+    if leaves.numel() and leaves[:, 1:3].min() < 0:
+        raise ValueError("leaf rows and columns must be >= 0")
+    sizes = torch.tensor(block_sizes(levels))[leaves[:, 0]]
+    outside = (leaves[:, 1] * sizes >= height) | (leaves[:, 2] * sizes >= width)
+    if outside.any():
+        raise ValueError(f"{int(outside.sum())} leaves lie outside the {height}×{width} image")
+    return leaves
+
+
+def _expand_blocks(grid: Tensor, size: int, height: int, width: int) -> Tensor:
+    """Blows a per-block grid up to pixels and crops it to the image."""
+    rows, cols = grid.shape
+    pixels = grid[:, None, :, None].expand(rows, size, cols, size).reshape(rows * size, -1)
+    return pixels[:height, :width]
+
+
+def _level_grid(leaves: Tensor, values: Tensor, shape: tuple[int, int], fill, accumulate: bool):
+    grid = torch.full(shape, fill, dtype=values.dtype)
+    index = leaves[:, 1] * shape[1] + leaves[:, 2]
+    grid.view(-1).index_put_((index,), values, accumulate=accumulate)
+    return grid
+
+
+def leaves_to_dense(
+    leaves: Tensor,
+    height: int,
+    width: int,
+    levels: int = DEFAULT_LEVELS,
+    fill: int = IGNORE,
+    dtype: torch.dtype = torch.int64,
+) -> Tensor:
+    """Paints leaves into an (H, W) map; each pixel takes the class of its deepest leaf.
+
+    Pixels that no leaf covers keep `fill`.
+    """
+    leaves = _check_leaves(leaves, height, width, levels)
+    out = torch.full((height, width), fill, dtype=dtype)
+    for level, size in enumerate(block_sizes(levels)):
+        at_level = leaves[leaves[:, 0] == level]
+        if len(at_level) == 0:
+            continue
+        shape = level_shape(height, width, level, levels)
+        classes = _level_grid(at_level, at_level[:, 3].to(dtype), shape, 0, False)
+        painted = _level_grid(
+            at_level, torch.ones(len(at_level), dtype=torch.bool), shape, False, False
+        )
+        out = torch.where(
+            _expand_blocks(painted, size, height, width),
+            _expand_blocks(classes, size, height, width),
+            out,
+        )
+    return out
+
+
+def leaf_coverage(leaves: Tensor, height: int, width: int, levels: int = DEFAULT_LEVELS) -> Tensor:
+    """How many leaves cover each pixel: a valid quadtree covers every pixel exactly once."""
+    leaves = _check_leaves(leaves, height, width, levels)
+    count = torch.zeros((height, width), dtype=torch.int32)
+    for level, size in enumerate(block_sizes(levels)):
+        at_level = leaves[leaves[:, 0] == level]
+        ones = torch.ones(len(at_level), dtype=torch.int32)
+        grid = _level_grid(at_level, ones, level_shape(height, width, level, levels), 0, True)
+        count += _expand_blocks(grid, size, height, width)
+    return count

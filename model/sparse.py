@@ -1,0 +1,147 @@
+"""Every spconv detail of the project, in one place.
+
+spconv 2.3.8 has three traps on the CPU that this module closes once:
+- its backward (and some forward paths) ask `torch.cuda.current_stream()`, which raises on a
+  CPU-only torch; we point spconv's stream lookup at stream 0 when CUDA is unavailable;
+- it silently computes garbage from non-contiguous or non-int32 indices (`nonzero()` output
+  is not contiguous); `ActiveSites` always hands it contiguous int32 indices;
+- its CPU scatter-add (`SpconvOps.scatter_add_cpu`) races when torch runs more than one
+  thread: a few output sites per call come out wrong, differently each run
+  (tests/model/test_sparse.py shows it). On the CPU we therefore take only the rulebook from
+  spconv and do the gather, matrix product and scatter with torch ops, which are exact,
+  differentiable and visible to the memory tracker. On CUDA spconv's own kernels run.
+An empty active set makes spconv raise, so `SubmanifoldConv2d` returns an empty result
+without calling it.
+"""
+
+from __future__ import annotations
+
+import spconv.pytorch as spconv
+import torch
+from spconv.pytorch import cppcore as _cppcore
+from spconv.pytorch import hash as _hash
+from spconv.pytorch import ops as _ops
+from spconv.pytorch import utils as _utils
+from spconv.pytorch.core import ConvAlgo
+from torch import Tensor, nn
+
+
+def _current_stream() -> int:
+    """spconv's stream lookup, safe on a CPU-only torch (stream 0 = no stream)."""
+    if torch.cuda.is_available():
+        return torch.cuda.current_stream().cuda_stream
+    return 0
+
+
+for _module in (_cppcore, _ops, _hash, _utils):
+    if hasattr(_module, "get_current_stream"):
+        _module.get_current_stream = _current_stream
+
+
+class ActiveSites:
+    """The active sites of one quadtree level: where the sparse decoder computes.
+
+    `coords` is (N, 3) as (batch, row, col); `spatial_shape` is the level's (padded) grid.
+    The rulebook spconv builds for the first convolution is kept in `indice_dict` and reused
+    by every later convolution on the same sites (same `key`), as spconv's `indice_key` does.
+    """
+
+    def __init__(self, coords: Tensor, spatial_shape: tuple[int, int], batch_size: int, key: str):
+        if coords.ndim != 2 or coords.shape[1] != 3:
+            raise ValueError(
+                f"coords must be (N, 3) as (batch, row, col), got {tuple(coords.shape)}"
+            )
+        self.coords = coords
+        self.indices = coords.to(torch.int32).contiguous()
+        self.spatial_shape = [int(spatial_shape[0]), int(spatial_shape[1])]
+        self.batch_size = int(batch_size)
+        self.key = key
+        self.indice_dict: dict = {}
+        self._rulebook: list[tuple[Tensor, Tensor]] | None = None
+
+    def __len__(self) -> int:
+        return self.coords.shape[0]
+
+    def sparse_tensor(self, features: Tensor) -> spconv.SparseConvTensor:
+        if features.shape[0] != len(self):
+            raise ValueError(f"{features.shape[0]} feature rows for {len(self)} active sites")
+        tensor = spconv.SparseConvTensor(
+            features.contiguous(), self.indices, self.spatial_shape, self.batch_size
+        )
+        tensor.indice_dict = self.indice_dict
+        return tensor
+
+    def rulebook(self) -> list[tuple[Tensor, Tensor]]:
+        """Per 3×3 offset (row-major, centre excluded), the (input, output) site pairs that
+        it connects, built once by spconv's hash and reused by every layer of the level."""
+        if self._rulebook is None:
+            _, pairs, counts = _ops.get_indice_pairs(
+                self.indices,
+                self.batch_size,
+                self.spatial_shape,
+                ConvAlgo.Native,
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                [0, 0],
+                subm=True,
+            )
+            counts = counts.tolist()
+            # spconv stores counts for the first half only; offset k mirrors offset 8 - k.
+            self._rulebook = [
+                (pairs[0, k, : counts[min(k, 8 - k)]], pairs[1, k, : counts[min(k, 8 - k)]])
+                for k in range(9)
+                if k != 4
+            ]
+        return self._rulebook
+
+
+class SubmanifoldConv2d(nn.Module):
+    """A submanifold 3×3 convolution: outputs only at the active sites, from active neighbours.
+
+    Equal to a dense `conv2d` (padding 1) over a map that is zero off the active sites, read
+    back at the active sites.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, key: str, bias: bool = False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.conv = spconv.SubMConv2d(
+            in_channels, out_channels, 3, padding=1, bias=bias, indice_key=key
+        )
+
+    def forward(self, features: Tensor, sites: ActiveSites) -> Tensor:
+        if len(sites) == 0:  # spconv raises on an empty set; keep the autograd graph intact
+            return features @ self.dense_weight()[:, :, 1, 1].t()
+        if sites.key != self.conv.indice_key:
+            raise ValueError(
+                f"sites of level {sites.key!r} given to a {self.conv.indice_key!r} layer"
+            )
+        if features.is_cuda:
+            out = self.conv(sites.sparse_tensor(features))
+            sites.indice_dict = out.indice_dict  # spconv copies the dict: keep the new rulebook
+            return out.features
+        return self._gather_matmul_scatter(features, sites)
+
+    def _gather_matmul_scatter(self, features: Tensor, sites: ActiveSites) -> Tensor:
+        weight = self.conv.weight.reshape(self.out_channels, 9, self.in_channels)
+        out = features @ weight[:, 4].t()
+        offsets = [k for k in range(9) if k != 4]
+        for k, (inputs, outputs) in zip(offsets, sites.rulebook(), strict=True):
+            if len(inputs):
+                contribution = features[inputs.long()] @ weight[:, k].t()
+                out = out.index_add_(0, outputs.long(), contribution)
+                del contribution
+        if self.conv.bias is not None:
+            out = out + self.conv.bias
+        return out
+
+    def dense_weight(self) -> Tensor:
+        """The weight as `conv2d` wants it, (out, in, 3, 3); spconv stores (out, 3, 3, in)."""
+        return self.conv.weight.permute(0, 3, 1, 2)
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.conv.bias

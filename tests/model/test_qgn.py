@@ -1,0 +1,230 @@
+import pytest
+import torch
+
+from model.cost import MemoryCost, calibrate
+from model.decoder import RefinementStage
+from model.loss import quadtree_loss
+from model.memory import MemoryProbe
+from model.qgn import MODELS, QGN, QGNConfig, qgn_tiny, to_batch
+from model.quadtree import COMPOSITE, canonical_leaves, dense_to_levels, leaves_to_dense
+from model.schemes import All, Budget, Oracle, PredictedComposite, Threshold, make_scheme
+from tests.model.dense_reference import dense_logits_all
+
+
+def randomised(model: QGN, seed: int = 0) -> QGN:
+    """Random BatchNorm statistics, so that no normalisation is an identity."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            size = module.num_features
+            module.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(size, generator=generator) * 0.1)
+    return model.eval()
+
+
+def scene(height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image of large uniform regions and its label: a few coloured rectangles."""
+    generator = torch.Generator().manual_seed(seed)
+    label = torch.zeros(height, width, dtype=torch.int64)
+    image = torch.zeros(height, width, 3, dtype=torch.uint8)
+    image[:] = torch.tensor([40, 90, 200], dtype=torch.uint8)
+    colours = torch.randint(0, 256, (6, 3), generator=generator, dtype=torch.uint8)
+    for cls in range(1, 6):
+        r0 = int(torch.randint(0, height - 1, (1,), generator=generator))
+        c0 = int(torch.randint(0, width - 1, (1,), generator=generator))
+        r1 = r0 + int(torch.randint(1, max(2, height // 2), (1,), generator=generator))
+        c1 = c0 + int(torch.randint(1, max(2, width // 2), (1,), generator=generator))
+        label[r0:r1, c0:c1] = cls
+        image[r0:r1, c0:c1] = colours[cls]
+    return image, label
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_builds_runs_and_trains(name):
+    model = MODELS[name](num_classes=6)
+    image, label = scene(64, 96)
+    targets = [t.unsqueeze(0) for t in dense_to_levels(label)]
+    model.train()
+    output = model(to_batch(image), Oracle(targets))
+    assert [lvl.logits.shape[1] for lvl in output.levels] == [7] * 6
+    assert output.active_sites()[0] == 2 * 3
+    assert all(torch.isfinite(lvl.logits).all() for lvl in output.levels)
+    loss, per_level = quadtree_loss(output, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and len(per_level) == 6
+    for stage in model.stages:
+        assert stage.blocks[0].conv1.conv.weight.grad is not None
+    assert model.encoder.stem[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 96), (50, 70), (33, 1), (1, 40)])
+def test_sparse_decoder_under_all_equals_the_dense_decoder(height, width):
+    torch.manual_seed(0)
+    model = randomised(qgn_tiny(num_classes=4))
+    image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8)
+    batch = to_batch(image)
+    with torch.inference_mode():
+        output = model(batch, All())
+    dense = dense_logits_all(model, batch)
+    for level, (sparse, reference) in enumerate(zip(output.levels, dense, strict=True)):
+        b, r, c = sparse.coords.unbind(dim=1)
+        expected = reference.permute(0, 2, 3, 1)[b, r, c]
+        rows, cols = -(-height // 2 ** (5 - level)), -(-width // 2 ** (5 - level))
+        assert len(sparse.coords) == rows * cols, f"level {level} must be fully active"
+        torch.testing.assert_close(sparse.logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_threshold_zero_is_all_and_a_high_threshold_refines_less():
+    model = randomised(qgn_tiny(num_classes=4), seed=1)
+    image, _ = scene(96, 128, seed=2)
+    full = model.predict(image, All())
+    zero = model.predict(image, Threshold(0.0))
+    assert zero.active_sites == full.active_sites
+    assert torch.equal(zero.mask, full.mask)
+    assert model.predict(image, Threshold(1.0)).active_sites[1:] == [0] * 5
+
+
+def test_active_sites_do_not_grow_with_tau():
+    """Exact at level 1 (its parents are dense); summed over a few scenes for the rest."""
+    model = randomised(qgn_tiny(num_classes=4), seed=3)
+    taus = [0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0]
+    totals = [0] * len(taus)
+    for seed in range(3):
+        image, _ = scene(96, 160, seed=seed)
+        level1 = []
+        for i, tau in enumerate(taus):
+            sites = model.predict(image, Threshold(tau)).active_sites
+            level1.append(sites[1])
+            totals[i] += sum(sites)
+        assert level1 == sorted(level1, reverse=True)
+    assert totals == sorted(totals, reverse=True)
+    assert totals[0] > totals[-1]
+
+
+def test_oracle_propagates_exactly_the_ground_truth_composites():
+    model = randomised(qgn_tiny(num_classes=6), seed=4)
+    image, label = scene(80, 112, seed=5)
+    targets = [t.unsqueeze(0) for t in dense_to_levels(label)]
+    with torch.inference_mode():
+        output = model(to_batch(image), Oracle(targets))
+    for level, computed in enumerate(output.levels[:-1]):
+        b, r, c = computed.coords.unbind(dim=1)
+        composite = targets[level][b, r, c] == COMPOSITE
+        assert torch.equal(computed.propagate, composite)
+        # The next level computes exactly the in-image children of those composites.
+        children = output.levels[level + 1].coords
+        parents = computed.coords[composite]
+        assert torch.equal(
+            torch.unique(children[:, 1:] // 2, dim=0), torch.unique(parents[:, 1:], dim=0)
+        )
+    # With the truth driving propagation, every ground-truth composite block was refined:
+    assert sum(output.active_sites()[1:]) == 4 * sum(
+        int((t == COMPOSITE).sum()) for t in targets[:-1]
+    ) - _clipped_children(targets, 80, 112)
+
+
+def _clipped_children(targets, height, width):
+    clipped = 0
+    for level, target in enumerate(targets[:-1]):
+        rows, cols = (target[0] == COMPOSITE).nonzero(as_tuple=True)
+        size = 2 ** (5 - level - 1)
+        for dr in (0, 1):
+            for dc in (0, 1):
+                outside = ((2 * rows + dr) * size >= height) | ((2 * cols + dc) * size >= width)
+                clipped += int(outside.sum())
+    return clipped
+
+
+def test_prediction_is_consistent_mask_and_canonical_leaves():
+    model = randomised(qgn_tiny(num_classes=6), seed=6)
+    image, _ = scene(70, 90, seed=7)
+    pred = model.predict(image, PredictedComposite())
+    assert pred.mask.shape == (70, 90) and pred.mask.dtype == torch.uint8
+    assert int(pred.mask.max()) < 6
+    assert torch.equal(pred.leaves, canonical_leaves(pred.mask))
+    assert torch.equal(leaves_to_dense(pred.leaves, 70, 90, dtype=torch.uint8), pred.mask)
+    assert pred.in_image_sites == [9, 30, 108, 414, 1575, 6300]
+    assert all(0.0 <= f <= 1.0 for f in pred.active_fraction)
+
+
+def test_budget_never_exceeds_its_budget_and_fills_it():
+    model = randomised(qgn_tiny(num_classes=4), seed=8)
+    model.cost = calibrate(model, "cpu")
+    image, _ = scene(128, 192, seed=9)
+    full = model.predict(image, All())
+    floor = model.cost.min_budget_bytes(128, 192)
+    assert model.predict(image, Budget(1)).peak_bytes <= floor
+    previous = 0
+    for fraction in (0.2, 0.4, 0.6, 0.8, 1.0):
+        budget = int(floor + fraction * (full.peak_bytes - floor))
+        pred = model.predict(image, Budget(budget))
+        assert pred.peak_bytes <= budget, (fraction, pred.peak_bytes, budget)
+        assert sum(pred.active_sites) >= previous
+        previous = sum(pred.active_sites)
+    assert previous > sum(model.predict(image, Budget(1)).active_sites)
+
+
+def test_pc_costs_less_than_all_on_large_uniform_regions():
+    """A model that knows where the boundaries are (here: the truth, via the oracle) spends
+    less; `pc` uses the same path with predicted composites."""
+    model = randomised(qgn_tiny(num_classes=6), seed=10)
+    image, label = scene(256, 256, seed=11)
+    label[:] = 0
+    label[100:150, 60:200] = 3
+    targets = [t.unsqueeze(0) for t in dense_to_levels(label)]
+    full = model.predict(image, All())
+    oracle = model.predict(image, Oracle(targets))
+    assert oracle.peak_bytes < 0.6 * full.peak_bytes
+    assert sum(oracle.decoder_bytes) < 0.3 * sum(full.decoder_bytes)
+
+
+def test_tracker_agrees_with_the_analytic_stage_cost_within_10_percent():
+    """The analytic cost of a sparse stage (model.cost) against the allocation tracker."""
+    for channels, skip_channels in ((16, 3), (32, 16), (64, 32)):
+        stage = RefinementStage(channels, skip_channels, channels, 13, 1, "k").eval()
+        analytic = MemoryCost.analytic((channels,) * 6, (8,) * 5)
+        side = 64
+        parents = torch.stack(
+            [
+                torch.zeros(side * side, dtype=torch.long),
+                torch.arange(side * side) // side,
+                torch.arange(side * side) % side,
+            ],
+            dim=1,
+        )
+        skip = torch.randn(1, skip_channels, 2 * side, 2 * side)
+        with torch.inference_mode(), MemoryProbe() as probe:
+            parent_features = torch.randn(side * side, channels)
+            stage(parent_features, parents, skip, (2 * side, 2 * side))
+        children = 4 * side * side
+        predicted = analytic.stage_bytes[1] + analytic.site_bytes[1] * children
+        assert abs(probe.peak_bytes - predicted) <= 0.1 * probe.peak_bytes, (
+            channels,
+            probe.peak_bytes,
+            predicted,
+        )
+
+
+def test_same_input_same_result_and_same_peak():
+    model = randomised(qgn_tiny(num_classes=4), seed=12)
+    image, _ = scene(64, 64, seed=13)
+    a, b = model.predict(image, PredictedComposite()), model.predict(image, PredictedComposite())
+    assert torch.equal(a.mask, b.mask) and a.peak_bytes == b.peak_bytes > 0
+
+
+def test_bad_inputs_and_names_are_refused_clearly():
+    model = qgn_tiny().eval()
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        model.predict(torch.zeros(3, 8, 8, dtype=torch.uint8), All())
+    with pytest.raises(KeyError, match="valid schemes: all, pc, threshold, budget, oracle"):
+        make_scheme("dense")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        make_scheme("threshold", threshold=1.5)
+    with pytest.raises(ValueError, match="positive"):
+        make_scheme("budget", budget_bytes=0)
+    with pytest.raises(ValueError, match="6 decoder widths"):
+        QGNConfig(num_classes=3, decoder_widths=(8, 8))
+    with pytest.raises(RuntimeError, match="eval"):
+        qgn_tiny().train().predict(torch.zeros(8, 8, 3, dtype=torch.uint8), All())

@@ -1,0 +1,105 @@
+import pytest
+import torch
+from torch.nn import functional as F
+
+from model.sparse import ActiveSites, SubmanifoldConv2d, _current_stream
+
+
+def _random_sites(height=13, width=17, density=0.45, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    active = torch.rand(height, width, generator=generator) < density
+    rows_cols = active.nonzero()  # non-contiguous int64: the trap spconv falls into
+    coords = torch.cat([torch.zeros(len(rows_cols), 1, dtype=torch.long), rows_cols], dim=1)
+    return coords, active
+
+
+def _dense(features, coords, height, width):
+    grid = torch.zeros(1, height, width, features.shape[1], dtype=features.dtype)
+    grid = grid.index_put((coords[:, 0], coords[:, 1], coords[:, 2]), features)
+    return grid.permute(0, 3, 1, 2)
+
+
+def test_submanifold_conv_equals_dense_conv_forward_and_backward_on_cpu():
+    torch.manual_seed(0)
+    coords, _ = _random_sites()
+    assert not coords[:, 1:].is_contiguous()
+    conv = SubmanifoldConv2d(8, 16, "k", bias=True)
+    features = torch.randn(len(coords), 8, requires_grad=True)
+    out = conv(features, ActiveSites(coords[:, :], (13, 17), 1, "k"))
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward()
+
+    ref_features = features.detach().clone().requires_grad_()
+    weight = conv.dense_weight().detach().clone().requires_grad_()
+    dense = F.conv2d(_dense(ref_features, coords, 13, 17), weight, conv.bias, padding=1)
+    ref = dense[0].permute(1, 2, 0)[coords[:, 1], coords[:, 2]]
+    (ref * upstream).sum().backward()
+
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features.grad, ref_features.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        conv.conv.weight.grad.permute(0, 3, 1, 2), weight.grad, atol=1e-4, rtol=1e-4
+    )
+
+
+def test_non_contiguous_and_int64_coords_give_the_contiguous_result():
+    coords, _ = _random_sites(seed=1)
+    conv = SubmanifoldConv2d(8, 8, "k")
+    features = torch.randn(len(coords), 8)
+    strided = torch.zeros(len(coords), 6, dtype=torch.int64)
+    strided[:, ::2] = coords
+    strided = strided[:, ::2]
+    assert not strided.is_contiguous()
+    with torch.no_grad():
+        a = conv(features, ActiveSites(strided, (13, 17), 1, "k"))
+        b = conv(features, ActiveSites(coords.int().contiguous(), (13, 17), 1, "k"))
+    torch.testing.assert_close(a, b)
+
+
+def test_empty_active_set_never_reaches_spconv():
+    conv = SubmanifoldConv2d(8, 16, "k")
+    features = torch.zeros(0, 8, requires_grad=True)
+    out = conv(features, ActiveSites(torch.zeros(0, 3, dtype=torch.long), (4, 4), 1, "k"))
+    assert out.shape == (0, 16)
+    out.sum().backward()
+
+
+def test_rulebook_is_built_once_per_level_and_keys_cannot_mix():
+    coords, _ = _random_sites()
+    sites = ActiveSites(coords, (13, 17), 1, "l3")
+    first, second = SubmanifoldConv2d(8, 8, "l3"), SubmanifoldConv2d(8, 8, "l3")
+    with torch.no_grad():
+        first(torch.randn(len(coords), 8), sites)
+        rulebook = sites.rulebook()
+        second(torch.randn(len(coords), 8), sites)
+    assert sites.rulebook() is rulebook
+    assert len(rulebook) == 8  # the centre offset is the identity pairing
+    with pytest.raises(ValueError, match="l3"):
+        SubmanifoldConv2d(8, 8, "l4")(torch.randn(len(coords), 8), sites)
+
+
+def test_exact_on_every_run_with_several_threads():
+    """spconv's own CPU scatter-add races with more than one torch thread; ours must not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        coords = torch.stack(
+            torch.meshgrid(
+                torch.zeros(1, dtype=torch.long), torch.arange(32), torch.arange(48), indexing="ij"
+            ),
+            dim=-1,
+        ).reshape(-1, 3)
+        conv = SubmanifoldConv2d(8, 8, "k")
+        for _ in range(30):
+            features = torch.randn(len(coords), 8)
+            with torch.no_grad():
+                out = conv(features, ActiveSites(coords, (32, 48), 1, "k"))
+                dense = F.conv2d(_dense(features, coords, 32, 48), conv.dense_weight(), padding=1)
+            torch.testing.assert_close(out, dense[0].permute(1, 2, 0).reshape(-1, 8))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only stream fallback")
+def test_stream_lookup_is_safe_without_cuda():
+    assert _current_stream() == 0
