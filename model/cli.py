@@ -98,6 +98,68 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Validates the settings, then runs uvicorn with one worker (one model per device)."""
+    import logging
+
+    import uvicorn
+
+    from server.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"qgn serve: {error}", file=sys.stderr)
+        return 2
+    if not settings.weights.is_file():
+        print(f"qgn serve: QGN_WEIGHTS={settings.weights}: no such file", file=sys.stderr)
+        return 2
+    from server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,  # server.middleware writes one structured line per request
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3
+
+
+def _segment(args: argparse.Namespace) -> int:
+    """The server's pipeline on one local file, without HTTP."""
+    import json
+
+    import numpy as np
+
+    from model.schemes import make_scheme
+    from model.weights import load_weights
+    from server.images import encode_mask_png, load_image
+
+    model, card = load_weights(args.weights)
+    image = load_image(Path(args.image).read_bytes(), max_pixels=10**9)
+    budget = int(args.budget_mb * 2**20) if args.budget_mb is not None else None
+    scheme = make_scheme(args.scheme, threshold=args.threshold, budget_bytes=budget)
+    pred = model.predict(image, scheme)
+    Path(args.out).write_bytes(encode_mask_png(pred.mask.numpy().astype(np.uint8), card["palette"]))
+    stats = {
+        "scheme": pred.scheme,
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "latency_ms": round(pred.latency_s * 1000, 2),
+        "peak_memory_bytes": pred.peak_bytes,
+        "active_sites": pred.active_sites,
+        "leaves": len(pred.leaves),
+        "mask": args.out,
+    }
+    print(json.dumps(stats))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weights", default=None, help="final .safetensors path")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.set_defaults(run=_train)
+
+    serve = commands.add_parser("serve", help="run the HTTP server (settings from QGN_* env)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
+
+    segment = commands.add_parser("segment", help="segment one image file, no HTTP")
+    segment.add_argument("image")
+    segment.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    segment.add_argument("--scheme", default="pc", choices=["all", "pc", "threshold", "budget"])
+    segment.add_argument("--threshold", type=float, default=None)
+    segment.add_argument("--budget-mb", type=float, default=None)
+    segment.add_argument("-o", "--out", default="mask.png")
+    segment.set_defaults(run=_segment)
 
     demo = commands.add_parser("demo", help="segment a generated scene, write demo.png")
     demo.add_argument("--weights", default=str(DEFAULT_WEIGHTS))

@@ -130,6 +130,36 @@ class Oracle(Scheme):
         return target[b, r, c] == COMPOSITE
 
 
+class Capped(Scheme):
+    """Another scheme, never refining more than a memory budget allows: the server's cap.
+
+    Where the inner scheme picks more sites than fit, the most uncertain of its picks are
+    kept; `bound` tells afterwards whether the cap changed anything.
+    """
+
+    def __init__(self, inner: Scheme, budget_bytes: int):
+        self.inner = inner
+        self.budget = Budget(budget_bytes)
+        self.name = inner.name
+        self.bound = False
+
+    def select(self, view: LevelView) -> Tensor:
+        chosen = self.inner.select(view)
+        room = self.budget.parents_that_fit(view)
+        if int(chosen.sum()) <= room:
+            return chosen
+        self.bound = True
+        kept = torch.zeros_like(chosen)
+        if room > 0:
+            prob = view.composite_prob
+            prob = torch.where(chosen, prob, torch.full_like(prob, -1.0))
+            kept[torch.topk(prob, room, sorted=False).indices] = True
+        return kept
+
+    def describe(self) -> dict:
+        return {**self.inner.describe(), "budget_mb": self.budget.budget_bytes / 2**20}
+
+
 SCHEMES: dict[str, type[Scheme]] = {
     cls.name: cls for cls in (All, PredictedComposite, Threshold, Budget, Oracle)
 }

@@ -23,7 +23,7 @@ def _norm(bn: torch.nn.BatchNorm1d, x: Tensor) -> Tensor:
 @torch.no_grad()
 def dense_logits_all(model: QGN, images: Tensor) -> list[Tensor]:
     """Per level, dense (B, C + 1, rows, cols) logits of the padded grid under `all`."""
-    batch, _, height, width = images.shape
+    height, width = images.shape[-2:]
     padded = F.pad(images, (0, -width % 32, 0, -height % 32))
     features = model.encoder(padded)
     skips = [*features[3::-1], padded]

@@ -1,0 +1,119 @@
+"""Uploaded bytes -> an RGB uint8 array, with every limit checked before pixels are decoded.
+
+Pillow reads only the header on `Image.open`, so the pixel limit is judged from the declared
+size before any pixel buffer exists: a decompression bomb is refused without allocating.
+Palette, grey, 16-bit, RGBA and CMYK images become RGB; EXIF orientation is applied;
+animated images give their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from server.errors import ApiError
+
+# Declared content types we take, and the decoded formats they may hold.
+CONTENT_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
+FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "MPO"}  # MPO: multi-picture JPEG from cameras
+
+Image.MAX_IMAGE_PIXELS = None  # our own limit applies, before decoding
+
+
+def check_content_type(content_type: str | None) -> str:
+    """The media type of a raw upload, or 415."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media == "image/jpg":
+        media = "image/jpeg"
+    if media not in CONTENT_TYPES:
+        shown = media or "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {shown!r} is not accepted; send multipart/form-data with an 'image' "
+            f"field, or the image bytes with one of: {', '.join(CONTENT_TYPES)}",
+        )
+    return media
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Opens the header only and checks format and pixel count (400, 413, 415)."""
+    if not data:
+        raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(
+            400, "undecodable_image", "the bytes are not an image in a format we can read"
+        ) from None
+    except Exception as error:  # Pillow raises many types on broken headers
+        raise ApiError(400, "undecodable_image", f"the image header is broken: {error}") from None
+    if image.format not in FORMATS:
+        raise ApiError(
+            415,
+            "unsupported_image_format",
+            f"image format {image.format} is not supported; use PNG, JPEG, WebP, BMP or GIF",
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ApiError(400, "undecodable_image", f"the image has no pixels ({width}×{height})")
+    if width * height > max_pixels:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"the image has {width}×{height} = {width * height} pixels; the limit is "
+            f"{max_pixels} pixels",
+        )
+    return image
+
+
+def decode_rgb(image: Image.Image) -> np.ndarray:
+    """The first frame as an (H, W, 3) uint8 array, EXIF orientation applied (400 if the
+    pixel data is broken)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ApiError:
+        raise
+    except Exception as error:
+        raise ApiError(400, "undecodable_image", f"the image data is broken: {error}") from None
+
+
+def load_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Checked header, then the pixels: the uploaded bytes as (H, W, 3) uint8."""
+    return decode_rgb(open_image(data, max_pixels))
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grey: keep the top 8 bits instead of clipping everything above 255 to white.
+        wide = np.asarray(image).astype(np.int64)
+        grey = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        grey = np.clip(np.nan_to_num(np.asarray(image)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def encode_mask_png(mask: np.ndarray, palette: list[list[int]]) -> bytes:
+    """A palette PNG whose pixel values are the class ids."""
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [channel for colour in palette for channel in colour]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -1,0 +1,228 @@
+"""The device side of the server: one worker thread per device behind a bounded queue.
+
+Inference is serialised on a single worker, so each request's measured peak is its own (on
+CUDA the peak statistics are per device; on the CPU the tracker is per thread anyway). The
+queue holds at most `queue_size` admitted requests, waiting or running; past that a request
+is refused at once with 503 and a `Retry-After`. A request that outlives the timeout gets 504,
+and keeps its place until the device has really finished it, so the queue never over-fills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.qgn import QGN, Prediction
+from model.schemes import Budget, Capped, Scheme, make_scheme
+from server.errors import ApiError
+from server.images import encode_mask_png
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("qgn.inference")
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class SchemeRequest:
+    """What the client asked for, already validated."""
+
+    scheme: str
+    threshold: float | None = None
+    budget_mb: float | None = None
+
+
+@dataclass
+class SegmentResult:
+    prediction: Prediction
+    scheme: str
+    threshold: float | None
+    budget_mb: float | None  # the budget that ran: the client's, or the server's cap
+    capped: bool
+    degraded: bool
+    mask_png: bytes
+
+
+def pick_device(requested: str) -> torch.device:
+    """`auto` takes CUDA when there is one and says so when there is not."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("QGN_DEVICE=cuda, but torch sees no CUDA device")
+    if requested == "auto":
+        if torch.cuda.is_available():
+            requested = "cuda"
+        else:
+            log.warning("no CUDA device visible: running on the CPU")
+            requested = "cpu"
+    return torch.device(requested)
+
+
+class Engine:
+    def __init__(
+        self, model: QGN, card: dict, device: torch.device, settings: Settings, metrics: Metrics
+    ):
+        self.model = model
+        self.card = card
+        self.device = device
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qgn-device")
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._recent_seconds: deque[float] = deque(maxlen=20)
+        self.ready = False
+
+    # Admission ---------------------------------------------------------------------------
+    def retry_after_s(self) -> int:
+        typical = float(np.median(self._recent_seconds)) if self._recent_seconds else 1.0
+        return max(1, math.ceil(typical * max(self._admitted, 1)))
+
+    def admit(self) -> None:
+        with self._lock:
+            if self._admitted >= self.settings.queue_size:
+                raise ApiError(
+                    503,
+                    "queue_full",
+                    f"{self._admitted} requests are queued or running (the limit is "
+                    f"{self.settings.queue_size}); retry later",
+                    headers={"Retry-After": str(self.retry_after_s())},
+                )
+            self._admitted += 1
+        self.metrics.queue_depth.inc()
+
+    def _release(self, _future=None) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    # Budgets -----------------------------------------------------------------------------
+    def min_budget_mb(self, height: int, width: int) -> float:
+        """The smallest budget an image of this size can run under, in MiB (rounded up)."""
+        return math.ceil(self.model.cost.min_budget_bytes(height, width) / MIB * 100) / 100
+
+    def plan(self, request: SchemeRequest, height: int, width: int) -> tuple[Scheme, float | None]:
+        """The scheme object to run, and the budget (MiB) in force; 413/422 when no budget
+        can hold this image."""
+        floor = self.min_budget_mb(height, width)
+        cap = self.settings.memory_budget_mb
+        if cap is not None and floor > cap:
+            raise ApiError(
+                413,
+                "over_memory_budget",
+                f"a {width}×{height} image needs at least {floor} MiB; this server caps every "
+                f"request at {cap} MiB",
+                min_budget_mb=floor,
+            )
+        if request.scheme == "budget":
+            if request.budget_mb < floor:
+                raise ApiError(
+                    422,
+                    "budget_too_small",
+                    f"budget_mb={request.budget_mb} is below the smallest feasible budget for a "
+                    f"{width}×{height} image: {floor} MiB",
+                    min_budget_mb=floor,
+                )
+            budget = request.budget_mb if cap is None else min(request.budget_mb, cap)
+            return Budget(int(budget * MIB)), budget
+        scheme = make_scheme(request.scheme, threshold=request.threshold)
+        if cap is not None:
+            return Capped(scheme, int(cap * MIB)), None
+        return scheme, None
+
+    # Running -----------------------------------------------------------------------------
+    async def segment(self, image: np.ndarray, request: SchemeRequest) -> SegmentResult:
+        """Admits, runs on the device worker, and waits at most the request timeout."""
+        scheme, budget = self.plan(request, image.shape[0], image.shape[1])
+        self.admit()
+        try:
+            future = self.executor.submit(self._run, image, request, scheme, budget)
+        except RuntimeError:  # the executor is shutting down
+            self._release()
+            self.metrics.queue_depth.dec()
+            raise ApiError(
+                503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"}
+            ) from None
+        future.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), timeout=self.settings.request_timeout_s
+            )
+        except TimeoutError:
+            raise ApiError(
+                504,
+                "timeout",
+                f"the request took longer than QGN_REQUEST_TIMEOUT_S="
+                f"{self.settings.request_timeout_s} s",
+            ) from None
+
+    def _run(
+        self, image, request: SchemeRequest, scheme: Scheme, budget: float | None
+    ) -> SegmentResult:
+        self.metrics.queue_depth.dec()
+        start = time.perf_counter()
+        degraded = False
+        try:
+            prediction = self.model.predict(image, scheme)
+        except (torch.OutOfMemoryError, MemoryError) as error:
+            # One retry under a budget of half what the device could not give.
+            floor = self.min_budget_mb(image.shape[0], image.shape[1])
+            budget = max(floor, self._tighter_budget_mb(budget, image))
+            log.warning("out of memory (%s); retrying under %.1f MiB", type(error).__name__, budget)
+            self._free_device_memory()
+            scheme = Budget(int(budget * MIB))
+            try:
+                prediction = self.model.predict(image, scheme)
+            except (torch.OutOfMemoryError, MemoryError):
+                self._free_device_memory()
+                raise ApiError(
+                    507,
+                    "out_of_memory",
+                    f"the device ran out of memory, also when retried under {budget:.1f} MiB; "
+                    f"send a smaller image or a smaller budget",
+                ) from None
+            degraded = True
+            self.metrics.degraded.labels(request.scheme).inc()
+        self._recent_seconds.append(time.perf_counter() - start)
+        capped = isinstance(scheme, Capped) and scheme.bound
+        if request.scheme == "budget" and budget is not None and budget < request.budget_mb:
+            capped = True
+        if capped:
+            budget = self.settings.memory_budget_mb if not degraded else budget
+        mask_png = encode_mask_png(prediction.mask.numpy(), self.card["palette"])
+        return SegmentResult(
+            prediction=prediction,
+            scheme="budget" if degraded else request.scheme,
+            threshold=request.threshold,
+            budget_mb=budget if (capped or degraded or request.scheme == "budget") else None,
+            capped=capped,
+            degraded=degraded,
+            mask_png=mask_png,
+        )
+
+    def _tighter_budget_mb(self, budget: float | None, image: np.ndarray) -> float:
+        """Half the budget that failed; without one, twice the image's minimum."""
+        if budget is not None:
+            return budget / 2
+        return 2 * self.min_budget_mb(image.shape[0], image.shape[1])
+
+    def _free_device_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def warm_up(self) -> None:
+        """One inference per scheme kind on a small image, then the server is ready."""
+        image = np.zeros((64, 64, 3), dtype=np.uint8)
+        image[:, 32:] = 200
+        for name in ("all", "pc"):
+            self.model.predict(image, make_scheme(name))
+        self.ready = True
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,78 @@
+"""Response bodies of the HTTP API, as pydantic models (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    min_budget_mb: float | None = Field(None, description="the smallest feasible budget, MiB")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Quadtree(BaseModel):
+    levels: int
+    block_sizes: list[int]
+    leaves: list[list[int]] = Field(
+        description="[level, row, col, class_id]; level 0 = 32×32 blocks, row/col in blocks"
+    )
+
+
+class MaskPayload(BaseModel):
+    encoding: Literal["png"] = "png"
+    data: str = Field(description="base64 of a palette PNG, W×H, pixel value = class_id")
+
+
+class Stats(BaseModel):
+    latency_ms: float
+    peak_memory_bytes: int
+    device: Literal["cpu", "cuda"]
+    active_sites: list[int]
+    active_fraction: list[float]
+    decoder_bytes: list[int]
+
+
+class SegmentResponse(BaseModel):
+    width: int
+    height: int
+    scheme: str
+    threshold: float | None
+    budget_mb: float | None = Field(description="the budget that ran, MiB (client's or cap)")
+    capped: bool = Field(description="the server's memory budget limited this request")
+    degraded: bool = Field(description="retried under a tighter budget after running out of memory")
+    classes: list[str]
+    quadtree: Quadtree
+    mask: MaskPayload
+    stats: Stats
+
+
+class Limits(BaseModel):
+    max_upload_mb: float
+    max_pixels: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    weights_sha256: str
+    device: str
+    classes: list[str]
+    palette: list[list[int]]
+    levels: int
+    block_sizes: list[int]
+    schemes: dict[str, dict[str, Any]]
+    limits: Limits
+    default_scheme: str
+    memory_budget_mb: float | None
+    evaluation: Any = None
+
+
+class Health(BaseModel):
+    status: str

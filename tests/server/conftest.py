@@ -1,0 +1,90 @@
+"""Server fixtures: tiny random weights written as a real model card, and a started app."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from model.qgn import qgn_tiny
+from model.weights import save_weights
+from server.app import create_app
+from server.settings import Settings
+
+CLASSES = [f"class{i}" for i in range(12)]
+PALETTE = [[(37 * i) % 256, (91 * i) % 256, (173 * i) % 256] for i in range(12)]
+
+
+def write_tiny_weights(folder: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = qgn_tiny(len(CLASSES)).eval()
+    # Lean the composite logit so that `pc` refines some sites, like a trained model does.
+    for stage in model.stages[:-1]:
+        stage.classifier.bias.data[0] += 0.2
+    model.head.classifier.bias.data[0] += 0.2
+    path = folder / "tiny.safetensors"
+    card = {
+        "name": "qgn-test",
+        "version": "0.0.1",
+        "classes": CLASSES,
+        "palette": PALETTE,
+        "evaluation": {"note": "random weights"},
+    }
+    save_weights(model, path, card)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+def wait_ready(client: TestClient, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the app did not become ready")
+
+
+def started(settings: Settings):
+    """A TestClient with its lifespan running and the model warm."""
+    client = TestClient(create_app(settings, CollectorRegistry()), raise_server_exceptions=False)
+    client.__enter__()
+    wait_ready(client)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(tiny_weights):
+    settings = Settings(weights=tiny_weights, device="cpu", max_upload_mb=2, max_pixels=5_000_000)
+    c = started(settings)
+    yield c
+    c.__exit__(None, None, None)
+
+
+def scene_image(height: int = 96, width: int = 160, seed: int = 0) -> np.ndarray:
+    """Large uniform regions: a few flat rectangles."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[:] = (60, 120, 200)
+    for _ in range(4):
+        r0, c0 = rng.integers(0, height), rng.integers(0, width)
+        image[r0 : r0 + height // 3, c0 : c0 + width // 3] = rng.integers(0, 256, 3)
+    return image
+
+
+def encode(image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()

@@ -1,0 +1,151 @@
+"""The real thing: `qgn serve` as its own process, over a loopback socket."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.quadtree import leaves_to_dense
+from tests.server.conftest import encode, scene_image
+
+QGN = str(Path(sys.executable).with_name("qgn"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, weights: Path, log: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        environment = {**os.environ, "QGN_WEIGHTS": str(weights), "QGN_DEVICE": "cpu", **env}
+        with open(log, "w") as output:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [QGN, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()}")
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"server not ready in 120 s: {log.read_text()}")
+
+    def stop(self) -> int:
+        self.http.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+@pytest.fixture
+def server(tiny_weights, tmp_path):
+    running = RunningServer(tiny_weights, tmp_path / "server.log")
+    yield running
+    running.stop()
+
+
+def test_real_server_segments_png_and_jpeg_with_every_scheme(server):
+    image = scene_image(160, 224, seed=5)
+    peaks = {}
+    for fmt, media in (("PNG", "image/png"), ("JPEG", "image/jpeg")):
+        data = encode(image, fmt)
+        for query in (
+            "scheme=all",
+            "scheme=pc",
+            "scheme=threshold&threshold=0.2",
+            "scheme=budget&budget_mb=3",
+        ):
+            response = server.http.post(
+                f"/v1/segment?{query}", content=data, headers={"content-type": media}
+            )
+            assert response.status_code == 200, response.text
+            body = response.json()
+            mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]["data"]))))
+            leaves = torch.tensor(body["quadtree"]["leaves"], dtype=torch.int64).reshape(-1, 4)
+            assert np.array_equal(leaves_to_dense(leaves, 160, 224).numpy(), mask)
+            peaks[(fmt, query.split("&")[0])] = body["stats"]["peak_memory_bytes"]
+            if query.startswith("scheme=budget"):
+                assert body["stats"]["peak_memory_bytes"] <= 3 * 2**20
+        assert peaks[(fmt, "scheme=pc")] < peaks[(fmt, "scheme=all")]
+    png = server.http.post(
+        "/v1/segment?scheme=pc&format=png", files={"image": ("s.png", encode(image))}
+    )
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+
+    text = server.http.get("/metrics").text
+    for metric in (
+        "qgn_requests_total",
+        "qgn_request_duration_seconds_bucket",
+        "qgn_inference_duration_seconds_bucket",
+        "qgn_inference_peak_memory_bytes_bucket",
+        "qgn_active_site_fraction_bucket",
+        "qgn_inflight_requests",
+        "qgn_queue_depth",
+        "qgn_model_info",
+        "qgn_budget_capped",
+        "qgn_degraded",
+    ):
+        assert metric in text, metric
+    assert 'qgn_requests_total{code="200",scheme="budget"} 2.0' in text
+    assert 'qgn_requests_total{code="200",scheme="pc"} 3.0' in text
+    log = server.log.read_text()
+    assert '"path": "/v1/segment"' in log and '"peak_memory_bytes": ' in log
+
+
+def test_sigterm_lets_the_request_in_flight_finish(server):
+    import threading
+
+    result = {}
+
+    def slow_request():
+        big = encode(scene_image(768, 1024, seed=1))
+        result["response"] = server.http.post(
+            "/v1/segment?scheme=all", content=big, headers={"content-type": "image/png"}
+        )
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while (
+        time.monotonic() < deadline
+        and "qgn_inflight_requests 1.0" not in server.http.get("/metrics").text
+    ):
+        time.sleep(0.02)
+    server.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=120)
+    assert result["response"].status_code == 200
+    # uvicorn drains, then re-raises the SIGTERM it caught, so the exit reads as that signal.
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert "Finished server process" in server.log.read_text()
