@@ -160,6 +160,90 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """Evaluates every scheme setting; writes eval.json, tradeoff.png, optionally the card."""
+    import datetime
+    import json
+    import os
+    import platform
+
+    import torch
+
+    from model.cost import calibrate
+    from model.data import build_dataset
+    from model.evaluate import (
+        check_targets,
+        default_settings,
+        evaluate,
+        memory_at,
+        oracle_for,
+        pick_budgets,
+        write_report,
+    )
+    from model.schemes import All, PredictedComposite
+    from model.weights import card_path, load_weights
+
+    model, card = load_weights(args.weights)
+    model.cost = calibrate(model, "cpu")
+    dataset = build_dataset(
+        args.dataset, args.split, root=args.root, height=args.height, width=args.width
+    )
+    count = min(args.num_images, len(dataset))
+    budgets = pick_budgets(model, dataset[0][0])
+    table = evaluate(model, dataset, count, default_settings(budgets), len(card["classes"]))
+    big = None
+    if args.big_images > 0:
+        large = build_dataset(
+            args.dataset, args.split, root=args.root, height=2 * args.height, width=2 * args.width
+        )
+        schemes = {
+            "all": lambda _: All(),
+            "pc": lambda _: PredictedComposite(),
+            "oracle": oracle_for,
+        }
+        big = memory_at(model, large, min(args.big_images, len(large)), schemes)
+    result = {
+        "title": f"{Path(args.weights).name} on {args.dataset} {args.split}, {count} images "
+        f"at {args.height}×{args.width}",
+        "weights_sha256": card["weights_sha256"],
+        "dataset": args.dataset,
+        "split": args.split,
+        "size": [args.height, args.width],
+        "classes": card["classes"],
+        "table": table,
+        f"memory_{2 * args.height}x{2 * args.width}": big,
+        "targets": check_targets(table, big),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "date": datetime.date.today().isoformat(),
+        "command": "qgn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
+    write_report(result, Path(args.out))
+    header = f"{'setting':<22}{'mIoU':>7}{'acc':>7}{'peak MiB':>10}{'decoder MiB':>12}{'ms':>8}"
+    print(header + "  active sites")
+    for row in table["rows"]:
+        print(
+            f"{row['setting']:<22}{100 * row['miou']:7.2f}{100 * row['pixel_acc']:7.2f}"
+            f"{row['peak_mib']:10.1f}{row['decoder_mib']:12.1f}{row['latency_ms_median']:8.0f}"
+            f"  {[round(a) for a in row['active_sites']]}"
+        )
+    if big:
+        print(
+            f"at {2 * args.height}×{2 * args.width}: "
+            + ", ".join(
+                f"{k} {v['peak_mib']:.1f} MiB / {v['latency_ms_median']:.0f} ms"
+                for k, v in big.items()
+            )
+        )
+    for name, met in result["targets"].items():
+        print(f"target {name}: {'met' if met else 'MISSED'}")
+    print(f"wrote {args.out}/eval.json and {args.out}/tradeoff.png")
+    if args.update_card:
+        card["evaluation"] = result
+        card_path(Path(args.weights)).write_text(json.dumps(card, indent=2) + "\n")
+        print(f"wrote the evaluation into {card_path(Path(args.weights))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qgn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weights", default=None, help="final .safetensors path")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.set_defaults(run=_train)
+
+    evaluation = commands.add_parser("eval", help="mIoU, memory and latency per scheme")
+    evaluation.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    evaluation.add_argument(
+        "--dataset", default="synthetic", choices=["synthetic", "cityscapes", "ade20k"]
+    )
+    evaluation.add_argument("--root", default=None)
+    evaluation.add_argument("--split", default="val")
+    evaluation.add_argument("--num-images", type=int, default=200)
+    evaluation.add_argument("--height", type=int, default=512)
+    evaluation.add_argument("--width", type=int, default=1024)
+    evaluation.add_argument(
+        "--big-images", type=int, default=5, help="images at twice the size, for memory"
+    )
+    evaluation.add_argument("--out", default="runs/eval")
+    evaluation.add_argument(
+        "--update-card", action="store_true", help="store the table in the model card"
+    )
+    evaluation.set_defaults(run=_eval)
 
     serve = commands.add_parser("serve", help="run the HTTP server (settings from QGN_* env)")
     serve.add_argument("--host", default="127.0.0.1")

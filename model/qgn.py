@@ -21,7 +21,7 @@ from model.cost import MemoryCost, padded_pixels
 from model.decoder import DenseHead, RefinementStage
 from model.encoder import ResNetEncoder
 from model.memory import MemoryProbe, NullProbe
-from model.quadtree import block_sizes, canonical_leaves, leaves_to_dense, level_shape
+from model.quadtree import COMPOSITE, block_sizes, canonical_leaves, leaves_to_dense, level_shape
 from model.schemes import LevelView, Scheme
 
 LEVELS = 6
@@ -75,14 +75,39 @@ class QGNOutput:
         return [len(level.coords) for level in self.levels]
 
     def leaves(self, batch: int = 0) -> Tensor:
-        """The predicted quadtree of one image: every computed site that did not propagate
-        is a leaf with its best real class. Rows are (level, row, col, class)."""
+        """The predicted quadtree of one image, rows of (level, row, col, class).
+
+        Walking down from level 0, a site is a leaf when it predicts a real class or when it
+        stops; its class is its best real class. Only the children of sites that predicted
+        composite and propagated are read further. Schemes that compute more than that (`all`,
+        low thresholds, large budgets) buy context for the convolutions, not other leaves.
+        """
         found = []
+        open_parents = None  # (rows, cols) bool grid: parents whose children are read
         for index, level in enumerate(self.levels):
-            stop = ~level.propagate & (level.coords[:, 0] == batch)
-            classes = level.logits[stop, 1:].argmax(dim=1)
-            rows, cols = level.coords[stop, 1], level.coords[stop, 2]
-            found.append(torch.stack([torch.full_like(rows, index), rows, cols, classes], 1))
+            mine = level.coords[:, 0] == batch
+            coords, logits, propagate = (
+                level.coords[mine],
+                level.logits[mine],
+                level.propagate[mine],
+            )
+            rows, cols = coords[:, 1], coords[:, 2]
+            is_open = (
+                torch.ones(len(coords), dtype=torch.bool, device=coords.device)
+                if open_parents is None
+                else open_parents[rows // 2, cols // 2]
+            )
+            descend = is_open & propagate & (logits.argmax(dim=1) == COMPOSITE)
+            leaf = is_open & ~descend
+            classes = logits[leaf, 1:].argmax(dim=1)
+            found.append(
+                torch.stack(
+                    [torch.full_like(rows[leaf], index), rows[leaf], cols[leaf], classes], 1
+                )
+            )
+            shape = level_shape(self.height, self.width, index, LEVELS)
+            open_parents = torch.zeros(shape, dtype=torch.bool, device=coords.device)
+            open_parents[rows[descend], cols[descend]] = True
         return torch.cat(found).cpu()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -30,6 +31,9 @@ from server.settings import Settings
 
 log = logging.getLogger("qgn.inference")
 MIB = 2**20
+# Test hook, not a setting: QGN_FAULT_INJECT_OOM=N makes the first N request inferences raise
+# torch.OutOfMemoryError, so the out-of-memory path can be tried on a real process and a CPU.
+FAULT_INJECT_OOM = "QGN_FAULT_INJECT_OOM"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,15 @@ class Engine:
         self._admitted = 0
         self._recent_seconds: deque[float] = deque(maxlen=20)
         self.ready = False
+        self._oom_to_inject = int(os.environ.get(FAULT_INJECT_OOM) or 0)
+        if self._oom_to_inject:
+            log.warning(
+                "%s=%d: the first %d inferences will fail with a simulated out-of-memory "
+                "error (a test hook; never set it in production)",
+                FAULT_INJECT_OOM,
+                self._oom_to_inject,
+                self._oom_to_inject,
+            )
 
     # Admission ---------------------------------------------------------------------------
     def retry_after_s(self) -> int:
@@ -169,7 +182,7 @@ class Engine:
         start = time.perf_counter()
         degraded = False
         try:
-            prediction = self.model.predict(image, scheme)
+            prediction = self._predict(image, scheme)
         except (torch.OutOfMemoryError, MemoryError) as error:
             # One retry under a budget of half what the device could not give.
             floor = self.min_budget_mb(image.shape[0], image.shape[1])
@@ -178,7 +191,7 @@ class Engine:
             self._free_device_memory()
             scheme = Budget(int(budget * MIB))
             try:
-                prediction = self.model.predict(image, scheme)
+                prediction = self._predict(image, scheme)
             except (torch.OutOfMemoryError, MemoryError):
                 self._free_device_memory()
                 raise ApiError(
@@ -205,6 +218,12 @@ class Engine:
             degraded=degraded,
             mask_png=mask_png,
         )
+
+    def _predict(self, image: np.ndarray, scheme: Scheme) -> Prediction:
+        if self._oom_to_inject > 0:  # only the device worker thread gets here
+            self._oom_to_inject -= 1
+            raise torch.OutOfMemoryError(f"simulated by {FAULT_INJECT_OOM} (a test hook)")
+        return self.model.predict(image, scheme)
 
     def _tighter_budget_mb(self, budget: float | None, image: np.ndarray) -> float:
         """Half the budget that failed; without one, twice the image's minimum."""

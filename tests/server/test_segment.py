@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,7 +11,14 @@ from PIL import Image
 
 from model.quadtree import leaf_coverage, leaves_to_dense
 from server.settings import Settings
-from tests.server.conftest import CLASSES, PALETTE, encode, scene_image, started
+from tests.server.conftest import (
+    CLASSES,
+    PALETTE,
+    encode,
+    png_header_only,
+    scene_image,
+    started,
+)
 
 PNG = {"content-type": "image/png"}
 
@@ -175,21 +180,6 @@ def test_animated_gif_gives_its_first_frame(client):
     assert animated["quadtree"] == first["quadtree"]
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def test_bad_bodies_get_the_documented_codes(client):
     error_of(post(client, b""), 400, "empty_image")
     error_of(post(client, b"this is text, not a png"), 400, "undecodable_image")
@@ -218,7 +208,7 @@ def test_bad_bodies_get_the_documented_codes(client):
 
 
 def test_limits_hold_before_decoding(client):
-    bomb = _png_header_only(100_000, 100_000)
+    bomb = png_header_only(100_000, 100_000)
     error = error_of(post(client, bomb), 413, "too_many_pixels")
     assert "10000000000" in error["message"]
     big = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)

@@ -1,0 +1,232 @@
+"""Evaluation per propagation scheme: accuracy against memory, on one dataset split.
+
+Every image is segmented under every scheme setting (all, pc, thresholds, budgets, oracle),
+and each setting gets mIoU, pixel accuracy, per-class IoU, mean active sites per level, mean
+decoder bytes, measured peak bytes and median latency. The result is a JSON table and a PNG
+of mIoU against peak memory, one point per setting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.qgn import QGN
+from model.quadtree import IGNORE, dense_to_levels
+from model.schemes import All, Budget, Oracle, PredictedComposite, Scheme, Threshold
+
+MIB = 2**20
+THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass
+class Setting:
+    """One scheme setting: a label and how to build its scheme for an image's label map."""
+
+    label: str
+    scheme: str
+    build: Callable[[np.ndarray], Scheme]
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Tally:
+    num_classes: int
+    confusion: np.ndarray = None
+    active_sites: list[list[int]] = field(default_factory=list)
+    decoder_bytes: list[int] = field(default_factory=list)
+    peaks: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def add(self, prediction, label: np.ndarray) -> None:
+        valid = label != IGNORE
+        truth = label[valid].astype(np.int64)
+        guess = prediction.mask.numpy()[valid].astype(np.int64)
+        index = truth * self.num_classes + guess
+        self.confusion += np.bincount(index, minlength=self.num_classes**2).reshape(
+            self.num_classes, self.num_classes
+        )
+        self.active_sites.append(prediction.active_sites)
+        self.decoder_bytes.append(sum(prediction.decoder_bytes))
+        self.peaks.append(prediction.peak_bytes)
+        self.latencies.append(prediction.latency_s)
+
+    def summary(self) -> dict:
+        tp = np.diag(self.confusion).astype(np.float64)
+        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
+        present = union > 0
+        iou = np.where(present, tp / np.maximum(union, 1), np.nan)
+        return {
+            "miou": float(np.nanmean(iou)) if present.any() else None,
+            "pixel_acc": float(tp.sum() / max(self.confusion.sum(), 1)),
+            "per_class_iou": [None if math.isnan(v) else round(float(v), 4) for v in iou],
+            "active_sites": [round(float(v), 1) for v in np.mean(self.active_sites, axis=0)],
+            "decoder_mib": float(np.mean(self.decoder_bytes)) / MIB,
+            "peak_mib": float(np.mean(self.peaks)) / MIB,
+            "peak_mib_max": float(np.max(self.peaks)) / MIB,
+            "latency_ms_median": float(np.median(self.latencies)) * 1000,
+        }
+
+
+def oracle_for(label: np.ndarray) -> Oracle:
+    return Oracle(
+        [t.unsqueeze(0) for t in dense_to_levels(torch.from_numpy(label.astype(np.int64)))]
+    )
+
+
+def default_settings(budgets_mib: list[float]) -> list[Setting]:
+    settings = [
+        Setting("all", "all", lambda _: All()),
+        Setting("pc", "pc", lambda _: PredictedComposite()),
+    ]
+    for tau in THRESHOLDS:
+        settings.append(
+            Setting(
+                f"threshold {tau}", "threshold", lambda _, t=tau: Threshold(t), {"threshold": tau}
+            )
+        )
+    for mib in budgets_mib:
+        settings.append(
+            Setting(
+                f"budget {mib:g} MiB",
+                "budget",
+                lambda _, b=mib: Budget(int(b * MIB)),
+                {"budget_mb": mib},
+            )
+        )
+    settings.append(Setting("oracle", "oracle", oracle_for))
+    return settings
+
+
+def pick_budgets(model: QGN, image: np.ndarray) -> list[float]:
+    """Three budgets spread between the image's minimum and what `all` peaks at."""
+    floor = model.cost.min_budget_bytes(*image.shape[:2]) / MIB
+    top = model.predict(image, All()).peak_bytes / MIB
+    return [round(floor + f * (top - floor), 1) for f in (0.1, 0.25, 0.5)]
+
+
+def evaluate(
+    model: QGN,
+    dataset,
+    num_images: int,
+    settings: list[Setting],
+    num_classes: int,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+) -> dict:
+    tallies = {s.label: Tally(num_classes) for s in settings}
+    start = time.perf_counter()
+    for i in range(num_images):
+        image, label = dataset[i]
+        for setting in settings:
+            tallies[setting.label].add(model.predict(image, setting.build(label)), label)
+        if (i + 1) % 5 == 0 or i + 1 == num_images:
+            spent = time.perf_counter() - start
+            log(
+                f"evaluated {i + 1}/{num_images} images, {spent / 60:.1f} min, "
+                f"ETA {spent / (i + 1) * (num_images - i - 1) / 60:.1f} min"
+            )
+    rows = []
+    for setting in settings:
+        rows.append(
+            {
+                "setting": setting.label,
+                "scheme": setting.scheme,
+                **setting.params,
+                **tallies[setting.label].summary(),
+            }
+        )
+    return {"images": num_images, "rows": rows}
+
+
+def memory_at(model: QGN, dataset, num_images: int, schemes: dict[str, Callable]) -> dict:
+    """Mean measured peak (MiB) and latency per scheme on a few larger images."""
+    out = {}
+    for name, build in schemes.items():
+        peaks, latencies = [], []
+        for i in range(num_images):
+            image, label = dataset[i]
+            pred = model.predict(image, build(label))
+            peaks.append(pred.peak_bytes)
+            latencies.append(pred.latency_s)
+        out[name] = {
+            "peak_mib": float(np.mean(peaks)) / MIB,
+            "latency_ms_median": float(np.median(latencies)) * 1000,
+        }
+    return out
+
+
+def check_targets(table: dict, big: dict | None) -> dict:
+    rows = {row["setting"]: row for row in table["rows"]}
+    all_, pc, oracle = rows["all"], rows["pc"], rows["oracle"]
+    thresholds = [rows[f"threshold {t}"]["peak_mib"] for t in THRESHOLDS]
+    decoder = [rows[f"threshold {t}"]["decoder_mib"] for t in THRESHOLDS]
+    targets = {
+        "all_miou_at_least_0.70": all_["miou"] >= 0.70,
+        "pc_miou_at_least_0.97_of_all": pc["miou"] >= 0.97 * all_["miou"],
+        "oracle_miou_at_least_pc": oracle["miou"] >= pc["miou"],
+        "threshold_sweep_monotone_in_peak": all(a >= b for a, b in pairwise(thresholds)),
+        "threshold_sweep_monotone_in_decoder_bytes": all(a >= b for a, b in pairwise(decoder)),
+    }
+    if big:
+        targets["pc_peak_at_most_0.5_of_all_at_1024x2048"] = (
+            big["pc"]["peak_mib"] <= 0.5 * big["all"]["peak_mib"]
+        )
+    return targets
+
+
+def plot_tradeoff(table: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colours = {
+        "all": "tab:red",
+        "pc": "tab:blue",
+        "threshold": "tab:green",
+        "budget": "tab:orange",
+        "oracle": "tab:purple",
+    }
+    for row in table["rows"]:
+        axes.scatter(row["peak_mib"], 100 * row["miou"], color=colours[row["scheme"]], s=40)
+        axes.annotate(
+            row["setting"],
+            (row["peak_mib"], 100 * row["miou"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    sweep = [r for r in table["rows"] if r["scheme"] == "threshold"]
+    axes.plot(
+        [r["peak_mib"] for r in sweep],
+        [100 * r["miou"] for r in sweep],
+        color="tab:green",
+        linewidth=1,
+        alpha=0.6,
+    )
+    axes.set_xlabel("measured peak memory per image (MiB)")
+    axes.set_ylabel("mIoU (%)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_tradeoff(result["table"], out / "tradeoff.png", result.get("title", "QGN"))
