@@ -21,9 +21,10 @@ RUN apt-get update \
         python3.11 python3.11-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv
+# QGN_DEVICE=auto: CUDA when `--gpus` passes a GPU in, else the CPU, with a log line saying so.
 ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 \
     QGN_EXTRA=cu126 \
-    QGN_DEVICE=cuda
+    QGN_DEVICE=auto
 
 # --- CPU base: official Python 3.11 image -------------------------------------------------
 FROM python:3.11.14-slim-bookworm AS base-cpu

@@ -47,6 +47,8 @@ def _train(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         crop=(args.crop[0], args.crop[1]),
+        base_size=(args.base_size[0], args.base_size[1]),
+        log_every=args.log_every,
         lr=args.lr,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
@@ -257,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--crop", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
+    train.add_argument(
+        "--base-size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"),
+        help="scenes are drawn (or resized) to this size before scale-crop-flip",
+    )
+    train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--checkpoint-every", type=int, default=100)

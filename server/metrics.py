@@ -67,6 +67,9 @@ class Metrics:
             ["scheme"],
             registry=registry,
         )
+        for scheme in ("all", "pc", "threshold", "budget"):  # zeros, not "no data", at start
+            self.budget_capped.labels(scheme)
+            self.degraded.labels(scheme)
         self.model_info = Gauge(
             "qgn_model_info",
             "The served model (value 1).",

@@ -1,0 +1,150 @@
+"""Training runs, resumes, and trains identically on two data-parallel CPU processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.data import CLASSES, PALETTE
+from model.qgn import to_batch
+from model.quadtree import COMPOSITE, IGNORE, dense_to_levels
+from model.schemes import LevelView
+from model.train import TeacherForcing, TrainConfig, learning_rate, random_scale_crop_flip, train
+from model.weights import load_weights
+
+QGN = str(Path(sys.executable).with_name("qgn"))
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+TINY = [
+    "--model",
+    "qgn_tiny",
+    "--batch-size",
+    "2",
+    "--crop",
+    "64",
+    "128",
+    "--base-size",
+    "64",
+    "128",
+    "--cache-scenes",
+    "4",
+    "--log-every",
+    "1",
+]
+
+
+def tiny_config(out: Path, steps: int) -> TrainConfig:
+    return TrainConfig(
+        model="qgn_tiny",
+        steps=steps,
+        batch_size=2,
+        crop=(64, 128),
+        base_size=(64, 128),
+        cache_scenes=4,
+        checkpoint_every=2,
+        log_every=1,
+        warmup_steps=2,
+        out=str(out),
+        classes=list(CLASSES),
+        palette=[list(c) for c in PALETTE],
+    )
+
+
+def test_train_writes_loadable_weights_and_resumes(tmp_path):
+    weights = train(tiny_config(tmp_path, steps=3), command="test")
+    model, card = load_weights(weights)
+    assert card["classes"] == list(CLASSES) and card["training"]["steps"] == 3
+    assert card["training"]["command"] == "test" and card["dataset"] == "synthetic"
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3
+    train(tiny_config(tmp_path, steps=5), resume=True)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 5
+    resumed, _ = load_weights(weights)
+    changed = any(
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), resumed.state_dict().values(), strict=True)
+    )
+    assert changed
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_config(tmp_path / "empty", steps=1), resume=True)
+
+
+def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+    env = {**os.environ, "QGN_DUMP_RANK_WEIGHTS": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            QGN,
+            "train",
+            *TINY,
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (
+        load_file(str(tmp_path / "rank0.safetensors")),
+        load_file(str(tmp_path / "rank1.safetensors")),
+    )
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    # ...and training changed them: the ranks did not merely both stay at the initial weights.
+    torch.manual_seed(0)
+    initial = __import__("model.qgn", fromlist=["qgn_tiny"]).qgn_tiny(len(CLASSES)).state_dict()
+    assert any(not torch.equal(initial[k], rank0[k]) for k in rank0 if rank0[k].is_floating_point())
+    assert "step 3/3" in run.stderr
+
+
+def test_scale_crop_flip_keeps_labels_and_sizes():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    label = rng.integers(0, 4, (50, 70), dtype=np.uint8)
+    config = TrainConfig(crop=(64, 96), scale=(0.5, 1.5))
+    for _ in range(10):
+        crop_image, crop_label = random_scale_crop_flip(image, label, config, rng)
+        assert crop_image.shape == (64, 96, 3) and crop_label.shape == (64, 96)
+        assert set(np.unique(crop_label)) <= {0, 1, 2, 3, IGNORE}
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = TrainConfig(steps=100, warmup_steps=10, lr=1.0)
+    rates = [learning_rate(config, step) for step in range(100)]
+    assert rates[0] < rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in pairwise(rates[10:]))
+    assert rates[-1] < 0.05
+
+
+def test_teacher_forcing_refines_every_true_composite():
+    label = torch.zeros(64, 64, dtype=torch.int64)
+    label[10:20, 30:50] = 2
+    targets = [t.unsqueeze(0) for t in dense_to_levels(label, prune=False)]
+    coords = torch.stack(
+        torch.meshgrid(
+            torch.zeros(1, dtype=torch.long), torch.arange(2), torch.arange(2), indexing="ij"
+        ),
+        -1,
+    ).reshape(-1, 3)
+    logits = torch.zeros(4, 5)
+    logits[:, 1] = 5.0  # the network says "uniform" everywhere
+    view = LevelView(0, logits, coords, 0, 1, 0)
+    chosen = TeacherForcing(targets, 0.0, torch.Generator().manual_seed(0)).select(view)
+    truth = targets[0][0, coords[:, 1], coords[:, 2]] == COMPOSITE
+    assert torch.equal(chosen, truth) and truth.any()
+    assert to_batch(np.zeros((8, 8, 3), dtype=np.uint8)).shape == (1, 3, 8, 8)
