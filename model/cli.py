@@ -214,7 +214,7 @@ def _eval(args: argparse.Namespace) -> int:
         "classes": card["classes"],
         "table": table,
         f"memory_{2 * args.height}x{2 * args.width}": big,
-        "targets": check_targets(table, big),
+        "targets": check_targets(table, big, f"{2 * args.height}x{2 * args.width}"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "date": datetime.date.today().isoformat(),
         "command": "qgn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -260,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--crop", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
     train.add_argument(
-        "--base-size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"),
+        "--base-size",
+        type=int,
+        nargs=2,
+        default=[512, 1024],
+        metavar=("H", "W"),
         help="scenes are drawn (or resized) to this size before scale-crop-flip",
     )
     train.add_argument("--log-every", type=int, default=10)
@@ -317,7 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    from model.weights import WeightsError
+    from server.errors import ApiError
+
+    try:
+        return args.run(args)
+    except ApiError as error:
+        print(f"qgn {args.command}: {error.message}", file=sys.stderr)
+    except (WeightsError, FileNotFoundError, ValueError, KeyError) as error:
+        print(f"qgn {args.command}: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

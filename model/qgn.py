@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from model.cost import MemoryCost, padded_pixels
 from model.decoder import DenseHead, RefinementStage
-from model.encoder import ResNetEncoder
+from model.encoder import ResNetEncoder, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
 from model.quadtree import COMPOSITE, block_sizes, canonical_leaves, leaves_to_dense, level_shape
 from model.schemes import LevelView, Scheme
@@ -132,17 +132,27 @@ class Prediction:
         return [a / max(n, 1) for a, n in zip(self.active_sites, self.in_image_sites, strict=True)]
 
 
-def to_batch(image: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
-    """An (H, W, 3) uint8 image as a normalised (1, 3, H, W) float batch."""
+def to_batch(
+    image: np.ndarray | Tensor, device: torch.device | str = "cpu", pad_to: int = 1
+) -> Tensor:
+    """An (H, W, 3) uint8 image as a normalised (1, 3, H', W') float batch, its sides padded
+    with zeros up to a multiple of `pad_to`. Filled one channel at a time, so the only large
+    allocation is the batch itself."""
     image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
         raise ValueError(
             f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}"
         )
-    x = image.to(device).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    mean = torch.tensor(IMAGE_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    height, width = image.shape[:2]
+    image = image.to(device)
+    batch = torch.zeros(
+        (1, 3, height + (-height % pad_to), width + (-width % pad_to)), device=image.device
+    )
+    for channel in range(3):
+        plane = batch[0, channel, :height, :width]
+        plane.copy_(image[:, :, channel]).div_(255.0)
+        plane.sub_(IMAGE_MEAN[channel]).div_(IMAGE_STD[channel])
+    return batch
 
 
 class QGN(nn.Module):
@@ -162,16 +172,40 @@ class QGN(nn.Module):
             for i in range(1, LEVELS)
         )
         self.cost = MemoryCost.analytic(config.decoder_widths, config.encoder_widths)
+        self.folded = False
+
+    def fold_batchnorms(self) -> QGN:
+        """Folds the dense layers' BatchNorms into their convolutions: inference only (the
+        model can no longer train), less memory and time. Returns the model, in eval mode."""
+        fold_all_batchnorms(self.encoder)
+        fold_all_batchnorms(self.head)
+        self.folded = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> QGN:
+        if mode and getattr(self, "folded", False):
+            raise RuntimeError(
+                "this model's BatchNorms are folded for inference; reload it to train"
+            )
+        return super().train(mode)
 
     def forward(
-        self, images: Tensor, scheme: Scheme, probe: MemoryProbe | NullProbe | None = None
+        self,
+        images: Tensor,
+        scheme: Scheme,
+        probe: MemoryProbe | NullProbe | None = None,
+        size: tuple[int, int] | None = None,
     ) -> QGNOutput:
-        """Runs the network on a (B, 3, H, W) batch of any size; sides are padded to 32."""
+        """Runs the network on a (B, 3, H, W) batch of any size; sides are padded to 32.
+
+        `size` is the (H, W) of the content when `images` arrive already padded.
+        """
         probe = probe or NullProbe()
-        batch, _, height, width = images.shape
-        pad_h, pad_w = -height % 32, -width % 32
+        batch = images.shape[0]
+        height, width = size or images.shape[-2:]
+        pad_h, pad_w = -images.shape[-2] % 32, -images.shape[-1] % 32
         probe.begin_phase("encoder")
-        padded = nn.functional.pad(images, (0, pad_w, 0, pad_h))
+        padded = nn.functional.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
         features = self.encoder(padded)
         # Skips for levels 1..5, dropped as soon as their level has run.
         skips = [*features[3::-1], padded]
@@ -235,9 +269,9 @@ class QGN(nn.Module):
         device = next(self.parameters()).device
         start = time.perf_counter()
         with MemoryProbe(device) as probe:
-            batch = to_batch(image, device)
-            height, width = batch.shape[-2:]
-            output = self(batch, scheme, probe)
+            height, width = image.shape[:2]
+            batch = to_batch(image, device, pad_to=32)
+            output = self(batch, scheme, probe, size=(height, width))
             del batch
             probe.begin_phase("mask")
             mask_dtype = torch.uint8 if self.config.num_classes <= 255 else torch.int64

@@ -58,8 +58,11 @@ def load_card(path: Path) -> dict:
     return card
 
 
-def load_weights(path: Path, device: torch.device | str = "cpu") -> tuple[QGN, dict]:
-    """Builds the model its card describes and loads the weights, in eval mode.
+def load_weights(
+    path: Path, device: torch.device | str = "cpu", fold_batchnorms: bool = True
+) -> tuple[QGN, dict]:
+    """Builds the model its card describes and loads the weights, in eval mode (with the
+    dense BatchNorms folded into their convolutions unless `fold_batchnorms` is False).
 
     Raises WeightsError for a missing file, a hash mismatch, or tensors that do not fit.
     """
@@ -84,4 +87,5 @@ def load_weights(path: Path, device: torch.device | str = "cpu") -> tuple[QGN, d
         raise WeightsError(
             f"card lists {len(card['classes'])} classes, the model has {config.num_classes}"
         )
-    return model.to(device).eval(), card
+    model = model.to(device).eval()
+    return (model.fold_batchnorms() if fold_batchnorms else model), card

@@ -76,6 +76,24 @@ def test_sparse_decoder_under_all_equals_the_dense_decoder(height, width):
         torch.testing.assert_close(sparse.logits, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_folded_batchnorms_give_the_same_logits_for_less_memory():
+    model = randomised(qgn_tiny(num_classes=4), seed=14)
+    image, _ = scene(96, 128, seed=15)
+    before = model.predict(image, All())
+    with torch.inference_mode():
+        logits = model(to_batch(image), All()).levels
+    model.fold_batchnorms()
+    after = model.predict(image, All())
+    with torch.inference_mode():
+        folded = model(to_batch(image), All()).levels
+    for a, b in zip(logits, folded, strict=True):
+        torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(before.mask, after.mask)
+    assert after.phase_peaks["encoder"] < before.phase_peaks["encoder"]
+    with pytest.raises(RuntimeError, match="folded"):
+        model.train()
+
+
 def test_threshold_zero_is_all_and_a_high_threshold_refines_less():
     model = randomised(qgn_tiny(num_classes=4), seed=1)
     image, _ = scene(96, 128, seed=2)
