@@ -35,9 +35,18 @@ class CpuAllocationTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # Views and in-place results share an input's storage: nothing new was allocated, and
+        # a finaliser on a long-lived storage (a view of the weights) would never run.
+        inputs = {
+            leaf.untyped_storage().data_ptr()
+            for leaf in tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu"
+        }
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu":
-                self._track(leaf.untyped_storage())
+                storage = leaf.untyped_storage()
+                if storage.data_ptr() not in inputs:
+                    self._track(storage)
         return out
 
     def _track(self, storage: torch.UntypedStorage) -> None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.qgn import QGN, QGNConfig
@@ -81,6 +82,8 @@ def load_weights(
         model = QGN(config)
         tensors = load_file(str(path))
         model.load_state_dict(tensors, strict=True)
+    except SafetensorError as error:
+        raise WeightsError(f"weights file {path} is not a safetensors file: {error}") from error
     except (TypeError, ValueError, RuntimeError) as error:
         raise WeightsError(f"weights file {path} does not fit its card: {error}") from error
     if len(card["classes"]) != config.num_classes:
