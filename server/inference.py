@@ -186,7 +186,8 @@ class Engine:
         except (torch.OutOfMemoryError, MemoryError) as error:
             # One retry under a budget of half what the device could not give.
             floor = self.min_budget_mb(image.shape[0], image.shape[1])
-            budget = max(floor, self._tighter_budget_mb(budget, image))
+            in_force = budget if budget is not None else self.settings.memory_budget_mb
+            budget = max(floor, self._tighter_budget_mb(in_force, image))
             log.warning("out of memory (%s); retrying under %.1f MiB", type(error).__name__, budget)
             self._free_device_memory()
             scheme = Budget(int(budget * MIB))
@@ -203,11 +204,13 @@ class Engine:
             degraded = True
             self.metrics.degraded.labels(request.scheme).inc()
         self._recent_seconds.append(time.perf_counter() - start)
-        capped = isinstance(scheme, Capped) and scheme.bound
-        if request.scheme == "budget" and budget is not None and budget < request.budget_mb:
-            capped = True
-        if capped:
-            budget = self.settings.memory_budget_mb if not degraded else budget
+        # The server's cap limited the request: it bound a scheme (Capped), or cut a budget.
+        capped = not degraded and (
+            (isinstance(scheme, Capped) and scheme.bound)
+            or (request.scheme == "budget" and budget < request.budget_mb)
+        )
+        if capped and isinstance(scheme, Capped):
+            budget = self.settings.memory_budget_mb
         mask_png = encode_mask_png(prediction.mask.numpy(), self.card["palette"])
         return SegmentResult(
             prediction=prediction,
