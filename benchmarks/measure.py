@@ -1,0 +1,301 @@
+"""Measures one configuration in this process and prints one JSON line to stdout.
+
+    python -m benchmarks.measure '{"kind": "qgn", "scheme": "pc", "height": 512, ...}'
+
+`benchmarks.run` starts one such process per configuration, so that neither the allocation
+tracker's peak nor the process' maximum RSS carries anything from another configuration.
+Kinds: `calibrate` (the memory cost model of the weights), `qgn` (one propagation scheme),
+`baseline` (one dense network). Scenes come from the `.npz` files the parent wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.cost import MemoryCost, calibrate
+from model.data import CLASSES
+from model.qgn import MODELS, QGN
+
+IGNORE = 255
+# A tiny first inference before the RSS baseline is read: it loads the kernels and one-time
+# buffers, so that the max-RSS growth that follows belongs to the measured inferences.
+PRIMER = np.zeros((64, 64, 3), dtype=np.uint8)
+
+
+def load_model(weights: str, model_name: str) -> tuple[QGN, dict | None]:
+    """The shipped weights, or (`random`) the named architecture with seed-0 weights, in
+    the form `load_weights` serves (dense BatchNorms folded, where the model can)."""
+    if weights == "random":
+        torch.manual_seed(0)
+        model = MODELS[model_name](len(CLASSES)).eval()
+        if hasattr(model, "fold_batchnorms"):  # as load_weights serves a model
+            model = model.fold_batchnorms()
+        return model, None
+    from model.weights import load_weights
+
+    return load_weights(Path(weights))
+
+
+def load_scenes(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    scenes = []
+    for path in paths:
+        with np.load(path) as data:
+            scenes.append((data["image"], data["label"]))
+    return scenes
+
+
+def _status_bytes(field: str) -> int | None:
+    """A memory line of Linux's /proc/self/status (VmRSS, VmHWM) in bytes; None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def max_rss_bytes() -> int:
+    """getrusage's max RSS. On Linux it survives fork and exec, so a child starts with its
+    parent's RSS as its max: hence the resettable high-water mark below for the delta."""
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+class RssWatch:
+    """The RSS growth of the measured inferences: the RSS high-water mark is reset (Linux:
+    `5` into /proc/self/clear_refs) once the model, the scenes and a tiny primer inference
+    are in memory; the growth is the high-water mark afterwards minus the RSS then. Where
+    that cannot be reset, ru_maxrss stands in (and `reset` says so)."""
+
+    def __init__(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.reset = True
+        except OSError:
+            self.reset = False
+        self.before = _status_bytes("VmRSS") or 0
+        self.max_before = max_rss_bytes()
+
+    def result(self) -> dict:
+        high = _status_bytes("VmHWM") if self.reset else None
+        high = high if high is not None else max_rss_bytes()
+        return {
+            "rss_before_bytes": self.before,
+            "rss_high_water_bytes": high,
+            "max_rss_delta_bytes": max(high - self.before, 0),
+            "rss_high_water_reset": self.reset,
+            "max_rss_bytes": max_rss_bytes(),  # getrusage, as is (includes the parent's)
+        }
+
+
+def confusion(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    valid = label != IGNORE
+    index = label[valid].astype(np.int64) * num_classes + mask[valid].astype(np.int64)
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def mean_iou(matrix: np.ndarray) -> float | None:
+    """Mean IoU over the classes present in the labels or the predictions."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else None
+
+
+def schedule(num_scenes: int, runs: int) -> list[int]:
+    """Scene index of each timed run: round robin, every scene at least once."""
+    return [i % num_scenes for i in range(max(runs, num_scenes))]
+
+
+def make_qgn_scheme(config: dict, label: np.ndarray):
+    from model.quadtree import dense_to_levels
+    from model.schemes import Budget, Oracle, make_scheme
+
+    name = config["scheme"]
+    if name == "budget":
+        return Budget(int(config["budget_bytes"]))
+    if name == "none":  # refine nothing: the floor every scheme pays (encoder, level 0, mask)
+        return Budget(1)
+    if name == "oracle":
+        targets = dense_to_levels(torch.from_numpy(label))
+        return Oracle([t.unsqueeze(0) for t in targets])
+    return make_scheme(name, threshold=config.get("threshold"))
+
+
+def measure_qgn(config: dict) -> dict:
+    from model.schemes import All
+
+    model, _ = load_model(config["weights"], config["model"])
+    if config.get("cost"):
+        model.cost = MemoryCost(**config["cost"])
+    scenes = load_scenes(config["scenes"])
+    num_classes = model.config.num_classes
+    # Schemes are built outside the measured window (the oracle's targets come from labels).
+    schemes = [make_qgn_scheme(config, label) for _, label in scenes]
+    model.predict(PRIMER, schemes[0] if config["scheme"] != "oracle" else All())
+    rss = RssWatch()
+    model.predict(scenes[0][0], schemes[0])  # warm-up
+    per_scene: list[dict | None] = [None] * len(scenes)
+    latencies = []
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for index in schedule(len(scenes), config["runs"]):
+        image, label = scenes[index]
+        pred = model.predict(image, schemes[index])
+        latencies.append(pred.latency_s)
+        if per_scene[index] is None:
+            matrix += confusion(pred.mask.numpy(), label, num_classes)
+            per_scene[index] = {
+                "seed": config["seeds"][index],
+                "peak_bytes": pred.peak_bytes,
+                "active_sites": pred.active_sites,
+                "in_image_sites": pred.in_image_sites,
+                "decoder_bytes": pred.decoder_bytes,
+                "phase_peaks": pred.phase_peaks,
+                "phase_starts": pred.phase_starts,
+                "leaves": len(pred.leaves),
+            }
+    return {
+        **summarise(per_scene, latencies, rss),
+        "miou": mean_iou(matrix),
+        "scheme_described": schemes[0].describe(),
+        "cost": cost_terms(model.cost),
+    }
+
+
+def measure_baseline(config: dict) -> dict:
+    from benchmarks.baselines import build_baseline, predict_dense
+
+    model, _ = load_model(config["weights"], config["model"])
+    try:
+        net = build_baseline(config["baseline"], model)
+    except Exception as error:  # torchvision breaks on import in several ways
+        return {"status": "skipped", "reason": f"{type(error).__name__}: {error}"}
+    num_classes = model.config.num_classes
+    del model
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    scenes = load_scenes(config["scenes"])
+    predict_dense(net, PRIMER)
+    rss = RssWatch()
+    predict_dense(net, scenes[0][0])  # warm-up
+    per_scene: list[dict | None] = [None] * len(scenes)
+    latencies = []
+    for index in schedule(len(scenes), config["runs"]):
+        result = predict_dense(net, scenes[index][0])
+        latencies.append(result["latency_s"])
+        if per_scene[index] is None:
+            matrix += confusion(result["mask"].numpy(), scenes[index][1], num_classes)
+            per_scene[index] = {
+                "seed": config["seeds"][index],
+                "peak_bytes": result["peak_bytes"],
+                "phase_peaks": result["phase_peaks"],
+                "phase_starts": result["phase_starts"],
+            }
+    return {
+        **summarise(per_scene, latencies, rss),
+        # Only `dense` carries trained weights (QGN's own); the others never saw the data.
+        "miou": mean_iou(matrix) if config["baseline"] == "dense" else None,
+        "parameters": sum(p.numel() for p in net.parameters()),
+    }
+
+
+def summarise(per_scene: list[dict | None], latencies: list[float], rss: RssWatch) -> dict:
+    """Peaks of the costliest scene, latency statistics over all timed runs, and the RSS
+    cross-check (`RssWatch`)."""
+    scenes = [s for s in per_scene if s is not None]
+    worst = max(scenes, key=lambda s: s["peak_bytes"])
+    summary = {
+        "status": "ok",
+        "peak_bytes": worst["peak_bytes"],
+        "peak_bytes_per_scene": [s["peak_bytes"] for s in scenes],
+        "phase_peaks": worst["phase_peaks"],
+        "phase_starts": worst["phase_starts"],
+        "latency_s": {
+            "median": float(np.median(latencies)),
+            "p90": float(np.percentile(latencies, 90)),
+            "runs": latencies,
+        },
+        **rss.result(),
+        "threads": torch.get_num_threads(),
+        "per_scene": scenes,
+    }
+    if "active_sites" in worst:
+        summary["active_sites"] = np.sum([s["active_sites"] for s in scenes], 0).tolist()
+        summary["in_image_sites"] = np.sum([s["in_image_sites"] for s in scenes], 0).tolist()
+        summary["decoder_bytes"] = max(sum(s["decoder_bytes"]) for s in scenes)
+        summary["decoder_bytes_per_level"] = worst["decoder_bytes"]
+        summary["decoder_measured_bytes"] = max(decoder_measured(s) for s in scenes)
+    return summary
+
+
+def decoder_measured(scene: dict) -> int:
+    """The most any sparse level (1..5) added on top of what it inherited, as measured."""
+    levels = [k for k in scene["phase_peaks"] if k.startswith("level") and k != "level0"]
+    return max(
+        (scene["phase_peaks"][k] - scene["phase_starts"][k] for k in levels),
+        default=0,
+    )
+
+
+def cost_terms(cost: MemoryCost) -> dict:
+    return {
+        "site_bytes": list(cost.site_bytes),
+        "stage_bytes": list(cost.stage_bytes),
+        "base_bytes_per_pixel": cost.base_bytes_per_pixel,
+        "base_bytes": cost.base_bytes,
+    }
+
+
+def measure_calibration(config: dict) -> dict:
+    model, card = load_model(config["weights"], config["model"])
+    cost = calibrate(model, "cpu")
+    return {
+        "status": "ok",
+        "cost": cost_terms(cost),
+        "min_budget_bytes": {f"{h}x{w}": cost.min_budget_bytes(h, w) for h, w in config["sizes"]},
+        "model_config": model.config.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "card": card_summary(card),
+    }
+
+
+def card_summary(card: dict | None) -> dict | None:
+    if card is None:
+        return None
+    keep = ("name", "version", "model", "dataset", "weights_file", "weights_sha256")
+    summary = {k: card[k] for k in keep if k in card}
+    for key in ("evaluation", "training"):
+        if key in card:
+            summary[key] = card[key]
+    return summary
+
+
+MEASURES = {"calibrate": measure_calibration, "qgn": measure_qgn, "baseline": measure_baseline}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m benchmarks.measure '<json config>'", file=sys.stderr)
+        return 2
+    config = json.loads(args[0])
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    try:
+        measure = MEASURES[config["kind"]]
+    except KeyError:
+        print(f"unknown kind {config.get('kind')!r}; valid: {', '.join(MEASURES)}", file=sys.stderr)
+        return 2
+    result = measure(config)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
