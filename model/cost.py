@@ -21,11 +21,20 @@ from dataclasses import dataclass
 
 import torch
 
+from model.encoder import STEM_BAND_ROWS
+
 # spconv's int32 pairs, plus one offset's pairs widened to int64 while it is applied.
 RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
 COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
 FLOAT_BYTES = 4
 LIVE_TENSORS_PER_SITE = 5
+
+
+def band_bytes_per_column(encoder_widths: tuple[int, ...]) -> float:
+    """The stem's working band, per padded column: its float input rows and its output rows."""
+    return (2 * STEM_BAND_ROWS + 2) * 3 * FLOAT_BYTES + STEM_BAND_ROWS * encoder_widths[
+        0
+    ] * FLOAT_BYTES / 2
 
 
 def padded_pixels(height: int, width: int) -> int:
@@ -35,12 +44,14 @@ def padded_pixels(height: int, width: int) -> int:
 @dataclass
 class MemoryCost:
     """Bytes per active site and fixed bytes of each decoder stage (index = level), and the
-    peak of an inference that refines nothing, as a linear function of padded pixels."""
+    peak of an inference that refines nothing: linear in the padded pixels, plus the stem's
+    band of rows, linear in the padded width (for a short image the band is all of it)."""
 
     site_bytes: list[int]
     stage_bytes: list[int]
     base_bytes_per_pixel: float
     base_bytes: int
+    band_bytes_per_column: float = 0.0
 
     @classmethod
     def analytic(cls, decoder_widths: tuple[int, ...], encoder_widths: tuple[int, ...]):
@@ -52,14 +63,21 @@ class MemoryCost:
             for level, width in enumerate(decoder_widths)
         ]
         stage_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
-        # The stem's input and output at its peak: the float image (12 B/pixel) and the first
-        # feature map (width / 4 floats per pixel at stride 2) plus its normalisation.
-        per_pixel = 12 + 2 * FLOAT_BYTES * encoder_widths[0] / 4 + FLOAT_BYTES * 3
-        return cls(site_bytes, stage_bytes, per_pixel, 0)
+        # The uint8 pixels (3 B/pixel), the stride-2 map kept as a skip, and two stride-4 maps
+        # of the first stage at its peak.
+        per_pixel = (
+            3 + FLOAT_BYTES * encoder_widths[0] / 4 + 2 * FLOAT_BYTES * encoder_widths[1] / 16
+        )
+        return cls(site_bytes, stage_bytes, per_pixel, 0, band_bytes_per_column(encoder_widths))
 
     def min_budget_bytes(self, height: int, width: int) -> int:
         """The peak of an inference that propagates nothing: no budget below it can hold."""
-        return math.ceil(self.base_bytes + self.base_bytes_per_pixel * padded_pixels(height, width))
+        padded_width = -(-width // 32) * 32 + 2
+        return math.ceil(
+            self.base_bytes
+            + self.base_bytes_per_pixel * padded_pixels(height, width)
+            + self.band_bytes_per_column * padded_width
+        )
 
     def decoder_bytes(self, active_sites: list[int]) -> list[int]:
         """Predicted working bytes of each level's stage for the given active sites."""
@@ -91,9 +109,10 @@ def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512)))
             site_bytes[level] = max(site_bytes[level], math.ceil(measured / max(count, 1)))
         nothing = model.predict(image, Budget(1))
         base.append((padded_pixels(height, width), nothing.peak_bytes))
-    (p0, b0), (p1, b1) = base
     # The refine-nothing peak is measured, not guessed: it is the floor a budget is refused
-    # below, so an analytic over-estimate would refuse budgets that fit. 2 % of margin.
-    per_pixel = 1.02 * (b1 - b0) / (p1 - p0)
-    fixed = max(0, math.ceil(max(b0 - per_pixel * p0, b1 - per_pixel * p1)))
-    return MemoryCost(site_bytes, analytic.stage_bytes, per_pixel, fixed)
+    # below. Bytes per pixel are the highest ratio seen (fixed costs inflate it at small sizes,
+    # so it over-covers larger ones) with 2 % of margin; the stem's band is added on top.
+    band = band_bytes_per_column(model.config.encoder_widths)
+    per_pixel = 1.02 * max(peak / pixels for pixels, peak in base)
+    fixed = 0
+    return MemoryCost(site_bytes, analytic.stage_bytes, per_pixel, fixed, band)

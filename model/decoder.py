@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.encoder import BasicBlock
+from model.encoder import BasicBlock, normalise
 from model.sparse import ActiveSites, SubmanifoldConv2d
 
 # Child k of parent (row, col) sits at (2 row + dy, 2 col + dx), k = 2 dy + dx.
@@ -120,6 +120,8 @@ class RefinementStage(nn.Module):
         if len(slot) < len(features):
             features = features[slot]
         skip_at_sites = skip[coords[:, 0], :, coords[:, 1], coords[:, 2]]
+        if skip_at_sites.dtype == torch.uint8:  # level 5 may read the image's own pixels
+            skip_at_sites = normalise(skip_at_sites)
         features = features.add_(self.skip(skip_at_sites))
         del skip_at_sites
         features = batch_norm_(self.bn, features).relu_()

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from model.cost import MemoryCost, padded_pixels
 from model.decoder import DenseHead, RefinementStage
-from model.encoder import ResNetEncoder, fold_all_batchnorms
+from model.encoder import IMAGE_MEAN, IMAGE_STD, ResNetEncoder, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
 from model.quadtree import COMPOSITE, block_sizes, canonical_leaves, leaves_to_dense, level_shape
 from model.schemes import LevelView, Scheme
@@ -27,8 +27,6 @@ from model.schemes import LevelView, Scheme
 LEVELS = 6
 # Painting the mask and finding its canonical leaves, at their peak (uint8 maps).
 MASK_BYTES_PER_PIXEL = 16
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -155,6 +153,22 @@ def to_batch(
     return batch
 
 
+def to_pixels(image: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """An (H, W, 3) uint8 image as (1, 3, H', W') uint8 pixels, zero-padded to multiples of
+    32: what `predict` feeds the network (3 bytes a pixel, where floats would take 12)."""
+    image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}"
+        )
+    height, width = image.shape[:2]
+    pixels = torch.zeros(
+        (1, 3, height + (-height % 32), width + (-width % 32)), dtype=torch.uint8, device=device
+    )
+    pixels[0, :, :height, :width] = image.to(device).permute(2, 0, 1)
+    return pixels
+
+
 class QGN(nn.Module):
     def __init__(self, config: QGNConfig):
         super().__init__()
@@ -198,7 +212,9 @@ class QGN(nn.Module):
     ) -> QGNOutput:
         """Runs the network on a (B, 3, H, W) batch of any size; sides are padded to 32.
 
-        `size` is the (H, W) of the content when `images` arrive already padded.
+        `images` is a normalised float batch, or uint8 pixels (`to_pixels`), which the stem
+        reads in bands and level 5 reads at its sites. `size` is the (H, W) of the content
+        when `images` arrive already padded.
         """
         probe = probe or NullProbe()
         batch = images.shape[0]
@@ -206,7 +222,7 @@ class QGN(nn.Module):
         pad_h, pad_w = -images.shape[-2] % 32, -images.shape[-1] % 32
         probe.begin_phase("encoder")
         padded = nn.functional.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
-        features = self.encoder(padded)
+        features = self.encoder(padded, size=(height, width))
         # Skips for levels 1..5, dropped as soon as their level has run.
         skips = [*features[3::-1], padded]
         del padded
@@ -270,9 +286,9 @@ class QGN(nn.Module):
         start = time.perf_counter()
         with MemoryProbe(device) as probe:
             height, width = image.shape[:2]
-            batch = to_batch(image, device, pad_to=32)
-            output = self(batch, scheme, probe, size=(height, width))
-            del batch
+            pixels = to_pixels(image, device)
+            output = self(pixels, scheme, probe, size=(height, width))
+            del pixels
             probe.begin_phase("mask")
             mask_dtype = torch.uint8 if self.config.num_classes <= 255 else torch.int64
             mask = leaves_to_dense(output.leaves(0), height, width, LEVELS, dtype=mask_dtype)
