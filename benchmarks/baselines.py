@@ -19,7 +19,6 @@ when the uint8 mask is done. The others are untrained: memory and latency only.
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 from collections.abc import Callable
 
@@ -28,56 +27,14 @@ import torch
 from torch import Tensor, nn
 
 from model.encoder import BasicBlock as _BasicBlock
-from model.encoder import ResNetEncoder, conv3x3
+from model.encoder import ResNetEncoder, conv3x3, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
 from model.qgn import QGN, QGNConfig, to_batch
-
-# `to_batch` pads while it converts (no second copy of the image) where it can.
-_TO_BATCH_PADS = "pad_to" in inspect.signature(to_batch).parameters
 
 
 def _pad_to(x: Tensor, multiple: int) -> Tensor:
     pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
     return nn.functional.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
-
-
-def fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    """A convolution computing `norm(conv(x))` with the running statistics (inference)."""
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-    )
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-        fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
-    return fused
-
-
-def fold_batchnorms(module: nn.Module) -> nn.Module:
-    """Folds every (Conv2d, BatchNorm2d) pair in place: residual blocks' conv1/bn1 and
-    conv2/bn2, and adjacent pairs in a Sequential. What `QGN.fold_batchnorms` does to the
-    served model's dense layers, done to a baseline so that both pay the same."""
-    for block in list(module.modules()):
-        for conv, norm in (("conv1", "bn1"), ("conv2", "bn2")):
-            first, second = getattr(block, conv, None), getattr(block, norm, None)
-            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
-                setattr(block, conv, fold_batchnorm(first, second))
-                setattr(block, norm, nn.Identity())
-        if isinstance(block, nn.Sequential):
-            layers = list(block)
-            for i in range(len(layers) - 1):
-                if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.BatchNorm2d):
-                    block[i] = fold_batchnorm(layers[i], layers[i + 1])
-                    block[i + 1] = nn.Identity()
-    return module.eval()
 
 
 def batch_norm_(norm: nn.BatchNorm2d, x: Tensor) -> Tensor:
@@ -153,7 +110,7 @@ class DenseQGN(nn.Module):
                 level.classifier.weight.copy_(stage.classifier.weight[:, :, None, None])
                 level.classifier.bias.copy_(stage.classifier.bias)
         if getattr(model, "folded", False):
-            fold_batchnorms(dense.levels)
+            fold_all_batchnorms(dense.levels)
         return dense.eval()
 
     pad_multiple = 32
@@ -395,7 +352,7 @@ def build_baseline(name: str, model: QGN) -> nn.Module:
         raise KeyError(f"unknown baseline {name!r}; valid baselines: {', '.join(builders)}")
     net = builders[name]().eval()
     if getattr(model, "folded", False) and name != "dense":  # dense copies QGN's own layers
-        fold_batchnorms(net)
+        fold_all_batchnorms(net)
     return net
 
 
@@ -409,10 +366,7 @@ def predict_dense(net: nn.Module, image: np.ndarray) -> dict:
     start = time.perf_counter()
     with MemoryProbe("cpu") as probe:
         height, width = image.shape[:2]
-        if _TO_BATCH_PADS:
-            batch = to_batch(image, pad_to=getattr(net, "pad_multiple", 1))
-        else:
-            batch = to_batch(image)
+        batch = to_batch(image, pad_to=getattr(net, "pad_multiple", 1))
         mask = net(batch, probe, size=(height, width))[0]
         del batch
     latency = time.perf_counter() - start

@@ -33,10 +33,7 @@ def load_model(weights: str, model_name: str) -> tuple[QGN, dict | None]:
     the form `load_weights` serves (dense BatchNorms folded, where the model can)."""
     if weights == "random":
         torch.manual_seed(0)
-        model = MODELS[model_name](len(CLASSES)).eval()
-        if hasattr(model, "fold_batchnorms"):  # as load_weights serves a model
-            model = model.fold_batchnorms()
-        return model, None
+        return MODELS[model_name](len(CLASSES)).fold_batchnorms(), None
     from model.weights import load_weights
 
     return load_weights(Path(weights))

@@ -172,16 +172,20 @@ def fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def fold_all_batchnorms(module: nn.Module) -> None:
-    """Folds every (Conv2d, BatchNorm2d) pair of `module` in place, for inference: each
-    normalisation stops costing a feature map of memory and a pass over it."""
-    for block in module.modules():
-        if isinstance(block, BasicBlock):
-            block.conv1, block.bn1 = fold_batchnorm(block.conv1, block.bn1), nn.Identity()
-            block.conv2, block.bn2 = fold_batchnorm(block.conv2, block.bn2), nn.Identity()
+def fold_all_batchnorms(module: nn.Module) -> nn.Module:
+    """Folds every (Conv2d, BatchNorm2d) pair of `module` in place, for inference: residual
+    blocks' conv1/bn1 and conv2/bn2, and adjacent pairs in a Sequential. Each normalisation
+    stops costing a feature map of memory and a pass over it."""
+    for block in list(module.modules()):
+        for conv, norm in (("conv1", "bn1"), ("conv2", "bn2")):
+            first, second = getattr(block, conv, None), getattr(block, norm, None)
+            if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d):
+                setattr(block, conv, fold_batchnorm(first, second))
+                setattr(block, norm, nn.Identity())
         if isinstance(block, nn.Sequential):
             layers = list(block)
             for i in range(len(layers) - 1):
                 if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.BatchNorm2d):
                     block[i] = fold_batchnorm(layers[i], layers[i + 1])
                     block[i + 1] = nn.Identity()
+    return module.eval()
