@@ -130,17 +130,23 @@ class Prediction:
         return [a / max(n, 1) for a, n in zip(self.active_sites, self.in_image_sites, strict=True)]
 
 
+def as_image(image: np.ndarray | Tensor) -> Tensor:
+    """An (H, W, 3) uint8 RGB image as a tensor; anything else raises, saying what it got."""
+    image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}"
+        )
+    return image
+
+
 def to_batch(
     image: np.ndarray | Tensor, device: torch.device | str = "cpu", pad_to: int = 1
 ) -> Tensor:
     """An (H, W, 3) uint8 image as a normalised (1, 3, H', W') float batch, its sides padded
     with zeros up to a multiple of `pad_to`. Filled one channel at a time, so the only large
     allocation is the batch itself."""
-    image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
-        raise ValueError(
-            f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}"
-        )
+    image = as_image(image)
     height, width = image.shape[:2]
     image = image.to(device)
     batch = torch.zeros(
@@ -156,11 +162,7 @@ def to_batch(
 def to_pixels(image: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
     """An (H, W, 3) uint8 image as (1, 3, H', W') uint8 pixels, zero-padded to multiples of
     32: what `predict` feeds the network (3 bytes a pixel, where floats would take 12)."""
-    image = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
-        raise ValueError(
-            f"expected an (H, W, 3) uint8 RGB image, got {tuple(image.shape)} {image.dtype}"
-        )
+    image = as_image(image)
     height, width = image.shape[:2]
     pixels = torch.zeros(
         (1, 3, height + (-height % 32), width + (-width % 32)), dtype=torch.uint8, device=device

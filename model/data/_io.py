@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import Dataset
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -42,3 +45,35 @@ def read_pair(image_path: Path, label_path: Path, lut: np.ndarray) -> tuple[np.n
 def require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"expected {what} in the folder {path}, which does not exist")
+
+
+class LabelledFiles(Dataset):
+    """(image, label) pairs read from files, label ids mapped through `lut`; every label file
+    must exist (the error names how many are missing and one of them)."""
+
+    def __init__(
+        self,
+        images: Sequence[Path],
+        labels: Sequence[Path],
+        lut: np.ndarray,
+        what: str,
+        transform: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+    ) -> None:
+        missing = [path for path in labels if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(images)} {what} files are missing, "
+                f"expected e.g. {missing[0]}"
+            )
+        self.pairs = list(zip(images, labels, strict=True))
+        self.lut = lut
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Any:
+        image, label = read_pair(*self.pairs[index], self.lut)
+        if self.transform is not None:
+            return self.transform(image, label)
+        return image, label

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from model.data._io import read_pair, require_dir
+from model.data._io import LabelledFiles, require_dir
 
 IGNORE_INDEX = 255
 # Our split names and the benchmark's folder names.
@@ -60,7 +59,7 @@ def _annotation_to_class() -> np.ndarray:
 ANNOTATION_TO_CLASS = _annotation_to_class()  # values above 150 are invalid: ignored too
 
 
-class ADE20kSegmentation(Dataset):
+class ADE20kSegmentation(LabelledFiles):
     """(image uint8 HxWx3, label uint8 HxW in 0..149 or 255) pairs of one split."""
 
     classes = ADE20K_CLASSES
@@ -85,20 +84,4 @@ class ADE20kSegmentation(Dataset):
         if not images:
             raise FileNotFoundError(f"expected ADE20k images in {image_dir}/*.jpg, found none")
         labels = [label_dir / f"{path.stem}.png" for path in images]
-        missing = [path for path in labels if not path.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(images)} ADE20k annotation files are missing, "
-                f"expected e.g. {missing[0]}"
-            )
-        self.pairs = list(zip(images, labels, strict=True))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> Any:
-        image, label = read_pair(*self.pairs[index], ANNOTATION_TO_CLASS)
-        if self.transform is not None:
-            return self.transform(image, label)
-        return image, label
+        super().__init__(images, labels, ANNOTATION_TO_CLASS, "ADE20k annotation", transform)

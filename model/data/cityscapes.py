@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _LABELS
-from torch.utils.data import Dataset
 
-from model.data._io import read_pair, require_dir
+from model.data._io import LabelledFiles, require_dir
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
@@ -44,7 +43,7 @@ def _label_id_to_train_id() -> np.ndarray:
 LABEL_ID_TO_TRAIN_ID = _label_id_to_train_id()
 
 
-class CityscapesSegmentation(Dataset):
+class CityscapesSegmentation(LabelledFiles):
     """(image uint8 HxWx3, label uint8 HxW in 0..18 or 255) pairs of one split."""
 
     classes = CITYSCAPES_CLASSES
@@ -73,20 +72,4 @@ class CityscapesSegmentation(Dataset):
             / path.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
             for path in images
         ]
-        missing = [path for path in labels if not path.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(images)} Cityscapes label files are missing, "
-                f"expected e.g. {missing[0]}"
-            )
-        self.pairs = list(zip(images, labels, strict=True))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> Any:
-        image, label = read_pair(*self.pairs[index], LABEL_ID_TO_TRAIN_ID)
-        if self.transform is not None:
-            return self.transform(image, label)
-        return image, label
+        super().__init__(images, labels, LABEL_ID_TO_TRAIN_ID, "Cityscapes label", transform)

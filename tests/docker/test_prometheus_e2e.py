@@ -32,6 +32,7 @@ from PIL import Image
 
 from model.qgn import qgn_tiny
 from model.weights import save_weights
+from tests.docker.test_deploy_config import dashboard_exprs
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "qgn-memory.json"
@@ -121,15 +122,6 @@ def scrape_config(server_port: int) -> dict:
     job["scrape_interval"] = "1s"
     job["static_configs"] = [{"targets": [f"127.0.0.1:{server_port}"]}]
     return config
-
-
-def dashboard_exprs(node) -> list[str]:
-    if isinstance(node, dict):
-        found = [node["expr"]] if isinstance(node.get("expr"), str) else []
-        return found + [e for value in node.values() for e in dashboard_exprs(value)]
-    if isinstance(node, list):
-        return [e for value in node for e in dashboard_exprs(value)]
-    return []
 
 
 @pytest.fixture(scope="module")
