@@ -51,23 +51,40 @@ def _as_mask(mask: Tensor) -> Tensor:
     return _check_mask(mask).to(torch.int64)
 
 
-def _block_extrema(values: Tensor, valid: Tensor, levels: int) -> list[tuple[Tensor, Tensor]]:
-    """Per level (coarsest first), the min and max of the valid values in each block.
+def block_extrema(
+    values: Tensor, valid: Tensor | None = None, levels: int = DEFAULT_LEVELS
+) -> list[tuple[Tensor, Tensor]]:
+    """Per level (coarsest first), the min and max of each block's values: the one quadtree
+    pyramid behind targets, leaves and statistics.
 
-    Blocks with no valid value get min = int64 max and max = -1. `values` must be >= 0.
+    The map is padded up to a multiple of the level-0 block. With `valid`, only valid values
+    count (`values` must then be >= 0): a block with none has min = int64 max and max = -1,
+    and so has the padding. Without it every value counts and the padding replicates the last
+    row and column, which lie in the same block, so no block changes its verdict and the map
+    keeps its own dtype (a uint8 mask costs ~3 bytes per pixel).
     """
     height, width = values.shape
     base = block_sizes(levels)[0]
     pad_h, pad_w = -height % base, -width % base
-    lo = torch.where(valid, values, _NO_VALUE)
-    hi = torch.where(valid, values, -1)
-    lo = torch.nn.functional.pad(lo, (0, pad_w, 0, pad_h), value=_NO_VALUE)
-    hi = torch.nn.functional.pad(hi, (0, pad_w, 0, pad_h), value=-1)
+    if valid is None:
+        lo = values
+        if pad_h:
+            lo = torch.cat([lo, lo[-1:].expand(pad_h, -1)], dim=0)
+        if pad_w:
+            lo = torch.cat([lo, lo[:, -1:].expand(-1, pad_w)], dim=1)
+        hi = lo
+    else:
+        # Filled, not padded with F.pad: that goes through a float and turns int64 max into
+        # int64 min, which made every edge block composite.
+        lo = values.new_full((height + pad_h, width + pad_w), _NO_VALUE, dtype=torch.int64)
+        hi = values.new_full((height + pad_h, width + pad_w), -1, dtype=torch.int64)
+        lo[:height, :width] = torch.where(valid, values, _NO_VALUE)
+        hi[:height, :width] = torch.where(valid, values, -1)
     extrema = [(lo, hi)]
     for _ in range(levels - 1):
         rows, cols = lo.shape[0] // 2, lo.shape[1] // 2
-        lo = lo.view(rows, 2, cols, 2).amin(dim=(1, 3))
-        hi = hi.view(rows, 2, cols, 2).amax(dim=(1, 3))
+        lo = lo.reshape(rows, 2, cols, 2).amin(dim=(1, 3))
+        hi = hi.reshape(rows, 2, cols, 2).amax(dim=(1, 3))
         extrema.append((lo, hi))
     return extrema[::-1]
 
@@ -89,7 +106,7 @@ def dense_to_levels(
     mask = _as_mask(mask)
     valid = mask != ignore
     targets = []
-    for lo, hi in _block_extrema(mask, valid, levels):
+    for lo, hi in block_extrema(mask, valid, levels):
         uniform = (lo == hi) & (hi >= 0)
         target = torch.full_like(lo, ignore)
         target[hi >= 0] = COMPOSITE
@@ -124,29 +141,15 @@ def canonical_leaves(mask: Tensor, levels: int = DEFAULT_LEVELS) -> Tensor:
     A block is a leaf iff its in-image pixels share one value and its parent's do not; every
     value of `mask` counts as a class, 255 included. Returns (N, 4) int64 rows of
     (level, row, col, class), ordered by level, then row-major. Works in the mask's own dtype
-    (a uint8 mask costs ~3 bytes per pixel): the padding replicates the last in-image row and
-    column, which lie in the same block, so no block changes its verdict.
+    (a uint8 mask costs ~3 bytes per pixel).
     """
     mask = _check_mask(mask)
     if mask.min() < 0:
         raise ValueError("label values must be >= 0")
     height, width = mask.shape
-    base = block_sizes(levels)[0]
-    padded = mask
-    if height % base:
-        padded = torch.cat([padded, padded[-1:].expand(-height % base, -1)], dim=0)
-    if width % base:
-        padded = torch.cat([padded, padded[:, -1:].expand(-1, -width % base)], dim=1)
-    lo, hi = padded, padded
-    pyramid = [(lo, hi)]
-    for _ in range(levels - 1):
-        rows, cols = lo.shape[0] // 2, lo.shape[1] // 2
-        lo = lo.reshape(rows, 2, cols, 2).amin(dim=(1, 3))
-        hi = hi.reshape(rows, 2, cols, 2).amax(dim=(1, 3))
-        pyramid.append((lo, hi))
     found = []
     parent_uniform = None
-    for level, (lo, hi) in enumerate(pyramid[::-1]):
+    for level, (lo, hi) in enumerate(block_extrema(mask, None, levels)):
         rows, cols = level_shape(height, width, level, levels)
         lo, hi = lo[:rows, :cols], hi[:rows, :cols]
         uniform = lo == hi

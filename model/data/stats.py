@@ -9,9 +9,12 @@ need fine resolution. `quadtree_leaf_fractions` measures that for one label map,
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+from model.quadtree import block_extrema
 
 IGNORE_INDEX = 255
 PUBLISHED_LEVEL0 = 0.5  # Chitta et al. (WACV 2020): > 50 % of Cityscapes pixels at level 0
@@ -35,45 +38,29 @@ def quadtree_leaf_fractions(
     if label.dtype == np.bool_ or not np.issubdtype(label.dtype, np.integer):
         raise ValueError(f"label must hold integer class indices, got dtype {label.dtype}")
     block = 1 << (levels - 1)
-    height, width = label.shape
-    padded = np.full(
-        (-(-height // block) * block, -(-width // block) * block), ignore_index, dtype=np.int64
-    )
-    padded[:height, :width] = label
-    valid = padded != ignore_index
+    mask = torch.from_numpy(label.astype(np.int64))
+    valid = mask != ignore_index
     total = int(valid.sum())
     if total == 0:
         raise ValueError("label has no pixels outside the ignore index; fractions are undefined")
-
-    big = np.iinfo(np.int64).max
-    low = np.where(valid, padded, big)  # min over labelled pixels, `big` if none
-    high = np.where(valid, padded, -1)  # max over labelled pixels, -1 if none
-    count = valid.astype(np.int64)
-    # Finest level first: single pixels, then 2x2 reductions up to the level-0 blocks.
-    uniform: list[np.ndarray] = []
-    counts: list[np.ndarray] = []
-    for step in range(levels):
-        if step:
-            low, high, count = (_reduce(low, np.min), _reduce(high, np.max), _reduce(count, np.sum))
-        uniform.append((low == high) | (count == 0))
-        counts.append(count)
-    uniform.reverse()
-    counts.reverse()
-
+    height, width = label.shape
+    valid_padded = torch.zeros(
+        (-(-height // block) * block, -(-width // block) * block), dtype=torch.int64
+    )
+    valid_padded[:height, :width] = valid
     fractions = []
-    for level in range(levels):
-        leaf = uniform[level].copy()
-        if level:
-            parent = uniform[level - 1].repeat(2, axis=0).repeat(2, axis=1)
-            leaf &= ~parent
-        fractions.append(int(counts[level][leaf].sum()) / total)
+    parent_uniform = None
+    for level, (lo, hi) in enumerate(block_extrema(mask, valid, levels)):
+        uniform = (lo == hi) | (hi < 0)  # one class, or nothing labelled to split
+        leaf = uniform
+        if parent_uniform is not None:
+            leaf = uniform & ~parent_uniform.repeat_interleave(2, 0).repeat_interleave(2, 1)
+        size = block >> level
+        rows, cols = lo.shape
+        labelled = valid_padded.reshape(rows, size, cols, size).sum(dim=(1, 3))
+        fractions.append(int(labelled[leaf].sum()) / total)
+        parent_uniform = uniform
     return fractions
-
-
-def _reduce(values: np.ndarray, op: Callable[..., np.ndarray]) -> np.ndarray:
-    """Combine each 2x2 block into one value."""
-    h, w = values.shape
-    return op(values.reshape(h // 2, 2, w // 2, 2), axis=(1, 3))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

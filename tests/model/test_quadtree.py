@@ -137,3 +137,69 @@ def test_uint8_masks_keep_their_dtype_cost():
     leaves = canonical_leaves(mask)
     assert leaves.dtype == torch.int64
     assert torch.equal(leaves_to_dense(leaves, 64, 96, dtype=torch.uint8), mask)
+
+
+@st.composite
+def odd_masks(draw, ignore: bool = True):
+    """Odd sizes up to 140 a side, few classes in large rectangles, ignore pixels sprinkled."""
+    height, width = draw(st.integers(1, 140)), draw(st.integers(1, 140))
+    mask = torch.full((height, width), draw(st.integers(0, 2)), dtype=torch.int64)
+    for _ in range(draw(st.integers(0, 3))):
+        top, left = draw(st.integers(0, height - 1)), draw(st.integers(0, width - 1))
+        mask[top : top + draw(st.integers(1, 80)), left : left + draw(st.integers(1, 80))] = (
+            draw(st.integers(0, 2))
+        )
+    if ignore and draw(st.booleans()):
+        seed = draw(st.integers(0, 2**16))
+        noise = torch.rand(height, width, generator=torch.Generator().manual_seed(seed))
+        mask[noise < draw(st.sampled_from([0.001, 0.01, 0.05]))] = IGNORE
+    return mask
+
+
+def reference_targets(mask: torch.Tensor, prune: bool) -> list[list[list[int]]]:
+    """Per level, each block's target judged from its in-image pixels one block at a time."""
+    height, width = mask.shape
+    levels = []
+    for level, size in enumerate(block_sizes()):
+        rows, cols = -(-height // 32) * 32 // size, -(-width // 32) * 32 // size
+        grid = [[IGNORE] * cols for _ in range(rows)]
+        for row in range(rows):
+            for col in range(cols):
+                block = mask[row * size : (row + 1) * size, col * size : (col + 1) * size]
+                labelled = set(block[block != IGNORE].tolist())
+                if len(labelled) == 1:
+                    grid[row][col] = labelled.pop() + 1
+                elif labelled:
+                    grid[row][col] = COMPOSITE
+        levels.append(grid)
+    if prune:
+        for level in range(len(levels) - 1, 0, -1):
+            for row, line in enumerate(levels[level]):
+                for col in range(len(line)):
+                    if levels[level - 1][row // 2][col // 2] != COMPOSITE:
+                        line[col] = IGNORE
+    return levels
+
+
+@settings(max_examples=60, deadline=None)
+@given(odd_masks(), st.booleans())
+def test_level_targets_match_a_per_block_reference_at_odd_sizes(mask, prune):
+    targets = dense_to_levels(mask, prune=prune)
+    assert [t.tolist() for t in targets] == reference_targets(mask, prune)
+
+
+@settings(max_examples=60, deadline=None)
+@given(odd_masks(ignore=False))
+def test_level_targets_agree_with_canonical_leaves_at_odd_sizes(mask):
+    canonical = canonical_leaves(mask)
+    unpruned = dense_to_levels(mask, prune=False)
+    for level, row, col, cls in canonical.tolist():
+        assert unpruned[level][row, col] == cls + 1
+    from_targets = levels_to_leaves(dense_to_levels(mask))
+    assert sorted(from_targets.tolist()) == sorted(canonical.tolist())
+
+
+def test_edge_blocks_are_judged_on_in_image_pixels():
+    assert dense_to_levels(torch.full((40, 40), 0))[0].tolist() == [[1, 1], [1, 1]]
+    targets = dense_to_levels(torch.full((19, 18), 2), prune=False)
+    assert targets[1].tolist() == [[3, 3], [3, 3]]
