@@ -48,6 +48,9 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         crop=(args.crop[0], args.crop[1]),
         base_size=(args.base_size[0], args.base_size[1]),
+        scale=(args.scale[0], args.scale[1]),
+        dense_share=args.dense_share,
+        init=args.init,
         log_every=args.log_every,
         lr=args.lr,
         seed=args.seed,
@@ -263,15 +266,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-size",
         type=int,
         nargs=2,
-        default=[512, 1024],
+        default=[1024, 2048],
         metavar=("H", "W"),
         help="scenes are drawn (or resized) to this size before scale-crop-flip",
     )
+    train.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        default=[0.4, 1.2],
+        metavar=("MIN", "MAX"),
+        help="random scale of the base-size scene before cropping",
+    )
+    train.add_argument(
+        "--dense-share", type=float, default=0.2, help="share of steps that refine every site"
+    )
+    train.add_argument("--init", default=None, help="start from these weights (fine-tuning)")
     train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--checkpoint-every", type=int, default=100)
-    train.add_argument("--cache-scenes", type=int, default=256)
+    train.add_argument("--cache-scenes", type=int, default=128)
     train.add_argument("--out", default="runs/train")
     train.add_argument("--weights", default=None, help="final .safetensors path")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

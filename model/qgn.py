@@ -21,7 +21,7 @@ from model.cost import MemoryCost, padded_pixels
 from model.decoder import DenseHead, RefinementStage
 from model.encoder import IMAGE_MEAN, IMAGE_STD, ResNetEncoder, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
-from model.quadtree import COMPOSITE, block_sizes, canonical_leaves, leaves_to_dense, level_shape
+from model.quadtree import block_sizes, canonical_leaves, leaves_to_dense, level_shape
 from model.schemes import LevelView, Scheme
 
 LEVELS = 6
@@ -75,37 +75,19 @@ class QGNOutput:
     def leaves(self, batch: int = 0) -> Tensor:
         """The predicted quadtree of one image, rows of (level, row, col, class).
 
-        Walking down from level 0, a site is a leaf when it predicts a real class or when it
-        stops; its class is its best real class. Only the children of sites that predicted
-        composite and propagated are read further. Schemes that compute more than that (`all`,
-        low thresholds, large budgets) buy context for the convolutions, not other leaves.
+        The reading rule: each pixel takes the best real class of the deepest computed site
+        that covers it. The leaves are so the computed sites that did not propagate (a
+        propagated site's children are all computed, so they tile the image): under `pc` the
+        walk down the predicted composites, under `all` level 5 everywhere (the paper's
+        QGN-All), thresholds and budgets in between. More refinement can thus correct a block
+        wrongly called uniform. They are not minimal; the mask's canonical leaves are.
         """
         found = []
-        open_parents = None  # (rows, cols) bool grid: parents whose children are read
         for index, level in enumerate(self.levels):
-            mine = level.coords[:, 0] == batch
-            coords, logits, propagate = (
-                level.coords[mine],
-                level.logits[mine],
-                level.propagate[mine],
-            )
-            rows, cols = coords[:, 1], coords[:, 2]
-            is_open = (
-                torch.ones(len(coords), dtype=torch.bool, device=coords.device)
-                if open_parents is None
-                else open_parents[rows // 2, cols // 2]
-            )
-            descend = is_open & propagate & (logits.argmax(dim=1) == COMPOSITE)
-            leaf = is_open & ~descend
-            classes = logits[leaf, 1:].argmax(dim=1)
-            found.append(
-                torch.stack(
-                    [torch.full_like(rows[leaf], index), rows[leaf], cols[leaf], classes], 1
-                )
-            )
-            shape = level_shape(self.height, self.width, index, LEVELS)
-            open_parents = torch.zeros(shape, dtype=torch.bool, device=coords.device)
-            open_parents[rows[descend], cols[descend]] = True
+            leaf = (level.coords[:, 0] == batch) & ~level.propagate
+            rows, cols = level.coords[leaf, 1], level.coords[leaf, 2]
+            classes = level.logits[leaf, 1:].argmax(dim=1)
+            found.append(torch.stack([torch.full_like(rows, index), rows, cols, classes], 1))
         return torch.cat(found).cpu()
 
 

@@ -1,10 +1,12 @@
 """Training a QGN: quadtree losses at every level, with ground-truth-driven propagation.
 
 Propagation follows the ground-truth composites (teacher forcing), so training memory is
-sparse too. On top of them the decoder also refines the sites it predicts as composite and a
-small random share of the rest, and those sites are scored against their true class (the
-reference ignores children of uniform parents). Schemes that refine more than the truth at
-inference (`all`, low thresholds, large budgets) then meet sites they were trained on.
+sparse too. On top of them the decoder refines the sites it predicts as composite and a random
+share of the rest whose size is drawn per step, from none to every site (`draw_density`), and
+every computed site is scored against its true target at its level, interiors included (the
+reference ignores children of uniform parents). A scheme chosen at inference (`all`, any
+threshold, any budget) then meets the densities and the sites it was trained on, and the
+finest level learns every pixel, which the reading rule of `QGNOutput.leaves` relies on.
 
 Runs on one process, or data-parallel under `torchrun` (gloo on CPU, nccl on GPU).
 """
@@ -30,7 +32,7 @@ from model.loss import quadtree_loss
 from model.qgn import MODELS, QGN, to_batch
 from model.quadtree import COMPOSITE, IGNORE, dense_to_levels, leaves_to_dense
 from model.schemes import LevelView, Scheme
-from model.weights import save_weights
+from model.weights import load_weights, save_weights
 
 
 @dataclass
@@ -41,14 +43,17 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 8
     crop: tuple[int, int] = (256, 512)
-    base_size: tuple[int, int] = (512, 1024)  # scenes are drawn (or resized) to this size
-    scale: tuple[float, float] = (0.5, 1.25)
+    # Scenes are drawn (or resized) to this size, then scaled: 0.4-1.2 of 1024×2048 covers
+    # both served sizes, 512×1024 (0.5) and 1024×2048 (1.0).
+    base_size: tuple[int, int] = (1024, 2048)
+    scale: tuple[float, float] = (0.4, 1.2)
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    extra_fraction: float = 0.05
-    cache_scenes: int = 256
-    refresh_per_step: int = 1
+    dense_share: float = 0.2  # steps that refine every site; the others draw a density
+    init: str | None = None  # start from these weights (a .safetensors with its card)
+    cache_scenes: int = 128
+    refresh_every: int = 2  # steps per freshly drawn scene (a 1024×2048 scene takes ~1.4 s)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
@@ -58,24 +63,41 @@ class TrainConfig:
     palette: list[list[int]] = field(default_factory=list)
 
 
+def draw_density(share_dense: float, generator: torch.Generator) -> float:
+    """The share of the remaining sites one training step refines: 1 (every site, as under
+    `all`) for a `share_dense` of the steps, else uniform in [0, 1).
+
+    Why this mix: a dense step at 256×512 costs ~4× a sparse one here, and the density
+    compounds over levels (an interior site reaches level l with probability d^l), so only
+    dense steps teach the finest level the region interiors that `all` reads, while the
+    uniform draws cover the thresholds and budgets in between. A fifth of dense steps spends
+    about half of the compute on them.
+    """
+    if float(torch.rand((), generator=generator)) < share_dense:
+        return 1.0
+    return float(torch.rand((), generator=generator))
+
+
 class TeacherForcing(Scheme):
-    """Refines the ground-truth composites, the predicted ones, and a random share of the
-    rest (`extra_fraction`), so every site kind the schemes can produce gets trained."""
+    """Refines the ground-truth composites, the predicted ones, and a random share
+    (`density`) of the rest, so every site kind the schemes can produce gets trained."""
 
     name = "teacher_forcing"
 
-    def __init__(self, targets: list[Tensor], extra_fraction: float, generator: torch.Generator):
+    def __init__(self, targets: list[Tensor], density: float, generator: torch.Generator):
         self.targets = targets
-        self.extra_fraction = extra_fraction
+        self.density = density
         self.generator = generator
 
     def select(self, view: LevelView) -> Tensor:
         b, r, c = view.coords.unbind(dim=1)
         chosen = self.targets[view.level][b, r, c] == COMPOSITE
         chosen |= view.logits.argmax(dim=1) == COMPOSITE
-        if self.extra_fraction > 0:
+        if self.density >= 1.0:
+            return torch.ones_like(chosen)
+        if self.density > 0:
             draw = torch.rand(len(chosen), generator=self.generator)
-            chosen |= draw.to(chosen.device) < self.extra_fraction
+            chosen |= draw.to(chosen.device) < self.density
         return chosen
 
 
@@ -106,9 +128,10 @@ def random_scale_crop_flip(
 class ScenePool:
     """Training scenes held in memory and refreshed a few per step.
 
-    Drawing a synthetic scene takes ~0.2 s, so a batch of fresh scenes would cost more than
-    the step itself; a pool of `cache_scenes` that replaces `refresh_per_step` scenes each step
-    keeps the data endless at a fixed cost. Real datasets are read on demand instead.
+    Drawing a synthetic 1024×2048 scene takes ~1.4 s, so a batch of fresh scenes would cost
+    more than the step itself; a pool of `cache_scenes` that replaces one scene every
+    `refresh_every` steps keeps the data endless at a fixed cost. Real datasets are read on
+    demand instead.
     """
 
     def __init__(self, config: TrainConfig, rank: int, world: int):
@@ -133,9 +156,9 @@ class ScenePool:
         self.next_index += self.stride
         return self.dataset[index]
 
-    def batch(self) -> tuple[Tensor, Tensor]:
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
         if self.synthetic:
-            for _ in range(self.config.refresh_per_step):
+            if step % self.config.refresh_every == 0:
                 self.pool[int(self.rng.integers(len(self.pool)))] = self._fresh()
             picks = [
                 self.pool[int(self.rng.integers(len(self.pool)))]
@@ -205,6 +228,11 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
     )
     step, elapsed = 0, 0.0
     checkpoint = out / "checkpoint.pt"
+    if config.init and not resume:
+        start_from, _ = load_weights(Path(config.init), device, fold_batchnorms=False)
+        model.load_state_dict(start_from.state_dict())
+        if rank == 0:
+            _log(f"starting from the weights {config.init}")
     if resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
@@ -221,7 +249,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
     running_loss, correct, scored = 0.0, 0, 0
     start = time.perf_counter() - elapsed
     while step < config.steps:
-        images, labels = pool.batch()
+        images, labels = pool.batch(step)
         images = images.to(device)
         targets = [
             torch.stack(t).to(device)
@@ -229,7 +257,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
         ]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        output = wrapped(images, TeacherForcing(targets, config.extra_fraction, generator))
+        density = draw_density(config.dense_share, generator)
+        output = wrapped(images, TeacherForcing(targets, density, generator))
         loss, _ = quadtree_loss(output, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
