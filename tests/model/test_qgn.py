@@ -273,3 +273,51 @@ def test_bad_inputs_and_names_are_refused_clearly():
         QGNConfig(num_classes=3, decoder_widths=(8, 8))
     with pytest.raises(RuntimeError, match="eval"):
         qgn_tiny().train().predict(torch.zeros(8, 8, 3, dtype=torch.uint8), All())
+
+
+def _level(coords: list[list[int]], logits: list[list[float]], propagate: list[bool]):
+    from model.qgn import LevelOutput
+
+    return LevelOutput(
+        torch.tensor(coords, dtype=torch.int64).reshape(-1, 3),
+        torch.tensor(logits).reshape(-1, 3),
+        torch.tensor(propagate, dtype=torch.bool),
+    )
+
+
+@pytest.mark.parametrize("scheme", [All(), PredictedComposite()])
+def test_reading_rule_lets_computed_children_correct_a_wrongly_uniform_parent(scheme):
+    """A 2×2 image, two levels: level 0 calls its block class 0 (wrongly: one pixel is class
+    1). Under `all` its children are computed and read; under `pc` the block is a leaf."""
+    from model.qgn import QGNOutput
+    from model.schemes import LevelView
+
+    parent_logits = [[0.0, 4.0, 1.0]]  # composite, class 0, class 1
+    view = LevelView(0, torch.tensor(parent_logits), torch.tensor([[0, 0, 0]]), 0, 1, 0)
+    propagate = bool(scheme.select(view)[0])
+    levels = [_level([[0, 0, 0]], parent_logits, [propagate])]
+    if propagate:
+        children = [[0, r, c] for r in range(2) for c in range(2)]
+        child_logits = [[0.0, 3.0, 0.0]] * 3 + [[0.0, 0.0, 3.0]]
+        levels.append(_level(children, child_logits, [False] * 4))
+    else:
+        levels.append(_level([], [], []))
+    leaves = QGNOutput(levels, 2, 2).leaves()
+    mask = leaves_to_dense(leaves, 2, 2, levels=2)
+    if isinstance(scheme, All):
+        assert mask.tolist() == [[0, 0], [0, 1]] and leaves[:, 0].eq(1).all()
+    else:
+        assert mask.tolist() == [[0, 0], [0, 0]] and leaves.tolist() == [[0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 96), (45, 70)])
+def test_under_all_every_pixel_reads_the_finest_level(height, width):
+    model = randomised(qgn_tiny(num_classes=5), seed=3)
+    image, _ = scene(height, width, seed=4)
+    with torch.inference_mode():
+        output = model(to_pixels(image), All(), size=(height, width))
+        finest = output.levels[-1]
+        expected = torch.full((height, width), -1, dtype=torch.int64)
+        expected[finest.coords[:, 1], finest.coords[:, 2]] = finest.logits[:, 1:].argmax(1)
+    assert (expected >= 0).all()
+    assert torch.equal(model.predict(image.numpy(), All()).mask.long(), expected)

@@ -146,8 +146,8 @@ def odd_masks(draw, ignore: bool = True):
     mask = torch.full((height, width), draw(st.integers(0, 2)), dtype=torch.int64)
     for _ in range(draw(st.integers(0, 3))):
         top, left = draw(st.integers(0, height - 1)), draw(st.integers(0, width - 1))
-        mask[top : top + draw(st.integers(1, 80)), left : left + draw(st.integers(1, 80))] = (
-            draw(st.integers(0, 2))
+        mask[top : top + draw(st.integers(1, 80)), left : left + draw(st.integers(1, 80))] = draw(
+            st.integers(0, 2)
         )
     if ignore and draw(st.booleans()):
         seed = draw(st.integers(0, 2**16))
@@ -160,7 +160,7 @@ def reference_targets(mask: torch.Tensor, prune: bool) -> list[list[list[int]]]:
     """Per level, each block's target judged from its in-image pixels one block at a time."""
     height, width = mask.shape
     levels = []
-    for level, size in enumerate(block_sizes()):
+    for size in block_sizes():
         rows, cols = -(-height // 32) * 32 // size, -(-width // 32) * 32 // size
         grid = [[IGNORE] * cols for _ in range(rows)]
         for row in range(rows):

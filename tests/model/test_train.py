@@ -17,7 +17,14 @@ from model.data import CLASSES, PALETTE
 from model.qgn import to_batch
 from model.quadtree import COMPOSITE, IGNORE, dense_to_levels
 from model.schemes import LevelView
-from model.train import TeacherForcing, TrainConfig, learning_rate, random_scale_crop_flip, train
+from model.train import (
+    TeacherForcing,
+    TrainConfig,
+    draw_density,
+    learning_rate,
+    random_scale_crop_flip,
+    train,
+)
 from model.weights import load_weights
 
 QGN = str(Path(sys.executable).with_name("qgn"))
@@ -148,3 +155,28 @@ def test_teacher_forcing_refines_every_true_composite():
     truth = targets[0][0, coords[:, 1], coords[:, 2]] == COMPOSITE
     assert torch.equal(chosen, truth) and truth.any()
     assert to_batch(np.zeros((8, 8, 3), dtype=np.uint8)).shape == (1, 3, 8, 8)
+
+
+def test_density_sampler_covers_none_to_every_site():
+    generator = torch.Generator().manual_seed(0)
+    draws = np.array([draw_density(0.2, generator) for _ in range(2000)])
+    dense = draws == 1.0
+    assert 0.15 < dense.mean() < 0.25  # a fifth of the steps refine every site
+    sparse = draws[~dense]
+    assert sparse.min() < 0.02 and sparse.max() > 0.98
+    assert np.histogram(sparse, bins=10, range=(0, 1))[0].min() > 0.05 * len(sparse)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
+def test_teacher_forcing_refines_the_truth_the_predictions_and_the_density(density):
+    generator = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 3, (1, 40, 40))
+    logits = torch.randn(1600, 4, generator=generator)
+    rows, cols = torch.meshgrid(torch.arange(40), torch.arange(40), indexing="ij")
+    coords = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3)
+    view = LevelView(0, logits, coords, 0, 1, 1)
+    chosen = TeacherForcing([target], density, generator).select(view)
+    forced = (target.reshape(-1) == COMPOSITE) | (logits.argmax(1) == COMPOSITE)
+    assert chosen[forced].all()
+    rest = chosen[~forced].float().mean()
+    assert abs(float(rest) - density) < 0.08
