@@ -66,10 +66,8 @@ class DenseLevel(nn.Module):
 class DenseQGN(nn.Module):
     """QGN-All made dense: the same encoder, widths, depths and per-level classifiers.
 
-    The mask follows QGN's leaf rule (`QGNOutput.leaves`): walking down from level 0, an
-    open block whose argmax is a real class is a leaf with that class, one that predicts
-    composite (logit 0) opens its four children, and at the finest level every open block
-    is a leaf. Only uint8 class maps and a bool map of open blocks outlive a level.
+    The mask follows QGN's reading rule (`QGNOutput.leaves`): under `all` every pixel takes
+    the finest level's best real class, so no coarser level's logits outlive it.
     """
 
     def __init__(self, config: QGNConfig):
@@ -133,39 +131,15 @@ class DenseQGN(nn.Module):
         probe.begin_phase("level0")
         x, logits = self.head(features[4])
         del features
-        mask, is_open = paint_level(logits, None, None, last=False)
         del logits
         for index, level in enumerate(self.levels):
             probe.begin_phase(f"level{index + 1}")
             x, logits = level(x, skips[index])
             skips[index] = None
-            last = index == len(self.levels) - 1
-            mask, is_open = paint_level(logits, mask, is_open, last)
-            del logits
         del x
+        mask = logits[:, 1:].argmax(dim=1).to(torch.uint8)
+        del logits
         return mask[:, :height, :width]
-
-
-def _upsample2(grid: Tensor) -> Tensor:
-    return grid.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-
-
-def paint_level(
-    logits: Tensor, mask: Tensor | None, is_open: Tensor | None, last: bool
-) -> tuple[Tensor, Tensor]:
-    """One level of QGN's leaf rule on dense (B, C + 1, h, w) logits: open blocks that
-    predict a real class (or sit at the last level) take it; the others keep the class
-    painted above them. Returns the (B, h, w) uint8 mask so far and the blocks still open."""
-    real = logits[:, 1:].argmax(dim=1).to(torch.uint8)
-    if mask is None:
-        is_open = torch.ones_like(real, dtype=torch.bool)
-        mask = real
-    else:
-        is_open = _upsample2(is_open)
-        mask = torch.where(is_open, real, _upsample2(mask))
-    if last:
-        return mask, torch.zeros_like(is_open)
-    return mask, is_open & (logits.argmax(dim=1) == 0)
 
 
 class DilatedBasicBlock(nn.Module):

@@ -23,6 +23,7 @@ from model.data.synthetic import (
     CLASSES,
     IGNORE_INDEX,
     PALETTE,
+    TEST_SEEDS,
     TRAIN_SEEDS,
     VAL_SEEDS,
     SyntheticScenes,
@@ -35,6 +36,7 @@ __all__ = [
     "DATASETS",
     "IGNORE_INDEX",
     "PALETTE",
+    "TEST_SEEDS",
     "TRAIN_SEEDS",
     "VAL_SEEDS",
     "DatasetBuilder",
@@ -82,7 +84,7 @@ def _synthetic(
     width: int | None,
     transform: PairTransform | None,
 ) -> Dataset:
-    seeds = {"train": TRAIN_SEEDS, "val": VAL_SEEDS}
+    seeds = {"train": TRAIN_SEEDS, "val": VAL_SEEDS, "test": TEST_SEEDS}
     if split not in seeds:
         raise ValueError(f"synthetic split must be one of {tuple(seeds)}, got {split!r}")
     if root is not None:

@@ -39,6 +39,7 @@ __all__ = [
     "CLASSES",
     "IGNORE_INDEX",
     "PALETTE",
+    "TEST_SEEDS",
     "TRAIN_SEEDS",
     "VAL_SEEDS",
     "SyntheticScenes",
@@ -62,6 +63,8 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 TRAIN_SEEDS = range(0, 1_000_000)
 VAL_SEEDS = range(10_000_000, 10_000_000 + 1000)
+# Fresh scenes for the model card's figures: never trained on, never used to choose anything.
+TEST_SEEDS = range(20_000_000, 20_000_000 + 1000)
 
 # Texture amplitude per class (fine grain, coarse blotches); index 255 = bonnet.
 _FINE = np.zeros(256, dtype=np.int32)

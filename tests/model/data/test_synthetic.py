@@ -11,6 +11,7 @@ from model.data.synthetic import (
     CLASSES,
     IGNORE_INDEX,
     PALETTE,
+    TEST_SEEDS,
     TRAIN_SEEDS,
     VAL_SEEDS,
     SyntheticScenes,
@@ -185,5 +186,5 @@ def test_dataset_applies_transform() -> None:
 
 def test_seed_ranges_are_disjoint() -> None:
     assert len(TRAIN_SEEDS) == 1_000_000 and len(VAL_SEEDS) == 1000
-    assert max(TRAIN_SEEDS) < min(VAL_SEEDS)
+    assert max(TRAIN_SEEDS) < min(VAL_SEEDS) and max(VAL_SEEDS) < min(TEST_SEEDS)
     assert len(SyntheticScenes(VAL_SEEDS)) == 1000
