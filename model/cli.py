@@ -176,69 +176,48 @@ def _eval(args: argparse.Namespace) -> int:
 
     from model.cost import calibrate
     from model.data import build_dataset
-    from model.evaluate import (
-        check_targets,
-        default_settings,
-        evaluate,
-        memory_at,
-        oracle_for,
-        pick_budgets,
-        write_report,
-    )
-    from model.schemes import All, PredictedComposite
+    from model.evaluate import check_targets, default_settings, evaluate, pick_budgets, write_report
     from model.weights import card_path, load_weights
 
     model, card = load_weights(args.weights)
     model.cost = calibrate(model, "cpu")
-    dataset = build_dataset(
-        args.dataset, args.split, root=args.root, height=args.height, width=args.width
-    )
-    count = min(args.num_images, len(dataset))
-    budgets = pick_budgets(model, dataset[0][0])
-    table = evaluate(model, dataset, count, default_settings(budgets), len(card["classes"]))
-    big = None
+    sizes = [(args.height, args.width, args.num_images)]
     if args.big_images > 0:
-        large = build_dataset(
-            args.dataset, args.split, root=args.root, height=2 * args.height, width=2 * args.width
+        sizes.append((2 * args.height, 2 * args.width, args.big_images))
+    tables = {}
+    for height, width, wanted in sizes:
+        dataset = build_dataset(
+            args.dataset, args.split, root=args.root, height=height, width=width
         )
-        schemes = {
-            "all": lambda _: All(),
-            "pc": lambda _: PredictedComposite(),
-            "oracle": oracle_for,
-        }
-        big = memory_at(model, large, min(args.big_images, len(large)), schemes)
+        count = min(wanted, len(dataset))
+        print(f"evaluating {count} images at {height}×{width}", file=sys.stderr, flush=True)
+        budgets = pick_budgets(model, dataset[0][0])
+        tables[f"{height}x{width}"] = evaluate(
+            model, dataset, count, default_settings(budgets), len(card["classes"])
+        )
     result = {
-        "title": f"{Path(args.weights).name} on {args.dataset} {args.split}, {count} images "
-        f"at {args.height}×{args.width}",
+        "title": f"{Path(args.weights).name} on {args.dataset} {args.split}",
         "weights_sha256": card["weights_sha256"],
         "dataset": args.dataset,
         "split": args.split,
-        "size": [args.height, args.width],
         "classes": card["classes"],
-        "table": table,
-        f"memory_{2 * args.height}x{2 * args.width}": big,
-        "targets": check_targets(table, big, f"{2 * args.height}x{2 * args.width}"),
+        "tables": tables,
+        "targets": check_targets(tables),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         "date": datetime.date.today().isoformat(),
         "command": "qgn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
     write_report(result, Path(args.out))
     header = f"{'setting':<22}{'mIoU':>7}{'acc':>7}{'peak MiB':>10}{'decoder MiB':>12}{'ms':>8}"
-    print(header + "  active sites")
-    for row in table["rows"]:
-        print(
-            f"{row['setting']:<22}{100 * row['miou']:7.2f}{100 * row['pixel_acc']:7.2f}"
-            f"{row['peak_mib']:10.1f}{row['decoder_mib']:12.1f}{row['latency_ms_median']:8.0f}"
-            f"  {[round(a) for a in row['active_sites']]}"
-        )
-    if big:
-        print(
-            f"at {2 * args.height}×{2 * args.width}: "
-            + ", ".join(
-                f"{k} {v['peak_mib']:.1f} MiB / {v['latency_ms_median']:.0f} ms"
-                for k, v in big.items()
+    for size, table in tables.items():
+        print(f"{size}, {table['images']} images")
+        print(header + "  active sites")
+        for row in table["rows"]:
+            print(
+                f"{row['setting']:<22}{100 * row['miou']:7.2f}{100 * row['pixel_acc']:7.2f}"
+                f"{row['peak_mib']:10.1f}{row['decoder_mib']:12.1f}"
+                f"{row['latency_ms_median']:8.0f}  {[round(a) for a in row['active_sites']]}"
             )
-        )
     for name, met in result["targets"].items():
         print(f"target {name}: {'met' if met else 'MISSED'}")
     print(f"wrote {args.out}/eval.json and {args.out}/tradeoff.png")
@@ -303,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--height", type=int, default=512)
     evaluation.add_argument("--width", type=int, default=1024)
     evaluation.add_argument(
-        "--big-images", type=int, default=5, help="images at twice the size, for memory"
+        "--big-images", type=int, default=20, help="images at twice the size, every setting"
     )
     evaluation.add_argument("--out", default="runs/eval")
     evaluation.add_argument(

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from model.evaluate import Tally
+from model.evaluate import Tally, knob_violations
 from tests.server.conftest import write_tiny_weights
 
 QGN = str(Path(sys.executable).with_name("qgn"))
@@ -31,6 +31,20 @@ def test_tally_scores_a_known_confusion():
     # class 0: tp 1, union 2 -> 0.5; class 1: tp 1, union 2 -> 0.5; class 2 absent
     assert summary["miou"] == 0.5 and summary["per_class_iou"] == [0.5, 0.5, None]
     assert summary["pixel_acc"] == 2 / 3
+
+
+def _row(setting: str, peak_mib: float, miou: float) -> dict:
+    return {"setting": setting, "scheme": setting.split()[0], "peak_mib": peak_mib, "miou": miou}
+
+
+def test_knob_violations_find_memory_that_buys_nothing():
+    table = {"rows": [_row("pc", 18.0, 0.75), _row("all", 240.0, 0.76), _row("oracle", 18, 0.9)]}
+    assert knob_violations(table) == []
+    table["rows"].append(_row("budget 40", 30.0, 0.744))  # 1.67× pc's memory, 0.6 points less
+    found = knob_violations(table)
+    assert len(found) == 1 and found[0].startswith("budget 40") and "below pc" in found[0]
+    table["rows"][-1] = _row("budget 40", 19.0, 0.70)  # under 1.1× pc's memory: no verdict
+    assert knob_violations(table) == []
 
 
 def test_eval_writes_every_setting_and_updates_the_card(tmp_path):
@@ -60,15 +74,18 @@ def test_eval_writes_every_setting_and_updates_the_card(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "eval.json").read_text())
-    settings = [row["setting"] for row in result["table"]["rows"]]
-    assert settings[:2] == ["all", "pc"] and settings[-1] == "oracle"
-    assert sum(s.startswith("threshold") for s in settings) == 5
-    assert sum(s.startswith("budget") for s in settings) == 3
-    for row in result["table"]["rows"]:
-        assert 0.0 <= row["miou"] <= 1.0 and row["peak_mib"] > 0 and len(row["active_sites"]) == 6
-    assert set(result["memory_128x256"]) == {"all", "pc", "oracle"}
-    assert "pc_peak_at_most_0.5_of_all_at_128x256" in result["targets"]
+    assert set(result["tables"]) == {"64x128", "128x256"}
+    for size, table in result["tables"].items():
+        settings = [row["setting"] for row in table["rows"]]
+        assert settings[:3] == ["none", "all", "pc"] and settings[-1] == "oracle"
+        assert sum(s.startswith("threshold") for s in settings) == 5
+        assert sum(s.startswith("budget") for s in settings) == 3
+        for row in table["rows"]:
+            assert 0.0 <= row["miou"] <= 1.0 and row["peak_mib"] > 0
+            assert len(row["active_sites"]) == 6
+        assert f"all_at_least_pc_plus_1.5_at_{size}" in result["targets"]
+    assert "pc_at_128x256_within_3_points_of_64x128" in result["targets"]
     assert (out / "tradeoff.png").stat().st_size > 1000
     card = json.loads(weights.with_suffix(".json").read_text())
-    assert card["evaluation"]["table"] == result["table"]
+    assert card["evaluation"]["tables"] == result["tables"]
     assert "target " in done.stdout and "oracle" in done.stdout
