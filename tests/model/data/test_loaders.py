@@ -12,7 +12,7 @@ from PIL import Image
 from model.data import DATASETS, build_dataset, make_scene
 from model.data.ade20k import ADE20K_CLASSES, ADE20kSegmentation
 from model.data.cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation
-from model.data.synthetic import VAL_SEEDS
+from model.data.synthetic import TEST_SEEDS, VAL_SEEDS
 
 # labelIds written into the fixture and the trainIds they must become: road, sidewalk,
 # building, car / unlabeled, ego vehicle, bicycle, person / ground, parking, sky, train.
@@ -165,8 +165,9 @@ def test_build_synthetic() -> None:
     assert len(dataset) == len(VAL_SEEDS)
     np.testing.assert_array_equal(dataset[0][1], make_scene(VAL_SEEDS[0], 32, 64)[1])
     assert len(build_dataset("synthetic", "train")) == 1_000_000
+    assert len(build_dataset("synthetic", "test")) == len(TEST_SEEDS)
     with pytest.raises(ValueError, match="split"):
-        build_dataset("synthetic", "test")
+        build_dataset("synthetic", "holdout")
     with pytest.raises(ValueError, match="root"):
         build_dataset("synthetic", "train", root="/data")
 
