@@ -1,4 +1,5 @@
-"""The `qgn` command: serve, segment, train, eval, demo."""
+"""The model's part of the `qgn` command: train, eval and demo (`server.cli` is the entry
+point and adds serve and segment)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-DEFAULT_WEIGHTS = (
-    Path(__file__).resolve().parent.parent / "weights" / "qgn_small_synthetic.safetensors"
-)
+from model.weights import DEFAULT_WEIGHTS
 
 
 def _classes(dataset: str) -> tuple[list[str], list[list[int]]]:
@@ -103,80 +102,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    """Validates the settings, then runs uvicorn with one worker (one model per device)."""
-    import logging
-
-    import uvicorn
-
-    from server.settings import Settings, SettingsError
-
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"qgn serve: {error}", file=sys.stderr)
-        return 2
-    if not settings.weights.is_file():
-        print(f"qgn serve: QGN_WEIGHTS={settings.weights}: no such file", file=sys.stderr)
-        return 2
-    from server.app import create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = uvicorn.Config(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        access_log=False,  # server.middleware writes one structured line per request
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 3
-
-
-def _segment(args: argparse.Namespace) -> int:
-    """The server's pipeline on one local file, without HTTP."""
-    import json
-
-    import numpy as np
-
-    from model.schemes import make_scheme
-    from model.weights import load_weights
-    from server.images import encode_mask_png, load_image
-
-    model, card = load_weights(args.weights)
-    image = load_image(Path(args.image).read_bytes(), max_pixels=10**9)
-    budget = int(args.budget_mb * 2**20) if args.budget_mb is not None else None
-    scheme = make_scheme(args.scheme, threshold=args.threshold, budget_bytes=budget)
-    pred = model.predict(image, scheme)
-    Path(args.out).write_bytes(encode_mask_png(pred.mask.numpy().astype(np.uint8), card["palette"]))
-    stats = {
-        "scheme": pred.scheme,
-        "width": image.shape[1],
-        "height": image.shape[0],
-        "latency_ms": round(pred.latency_s * 1000, 2),
-        "peak_memory_bytes": pred.peak_bytes,
-        "active_sites": pred.active_sites,
-        "leaves": len(pred.leaves),
-        "mask": args.out,
-    }
-    print(json.dumps(stats))
-    return 0
-
-
 def _eval(args: argparse.Namespace) -> int:
     """Evaluates every scheme setting; writes eval.json, tradeoff.png, optionally the card."""
-    import datetime
     import json
-    import os
-    import platform
-
-    import torch
 
     from model.cost import calibrate
-    from model.data import build_dataset
-    from model.evaluate import check_targets, default_settings, evaluate, pick_budgets, write_report
+    from model.evaluate import evaluate_sizes, format_tables, write_report
     from model.weights import card_path, load_weights
 
     model, card = load_weights(args.weights)
@@ -184,42 +115,10 @@ def _eval(args: argparse.Namespace) -> int:
     sizes = [(args.height, args.width, args.num_images)]
     if args.big_images > 0:
         sizes.append((2 * args.height, 2 * args.width, args.big_images))
-    tables = {}
-    for height, width, wanted in sizes:
-        dataset = build_dataset(
-            args.dataset, args.split, root=args.root, height=height, width=width
-        )
-        count = min(wanted, len(dataset))
-        print(f"evaluating {count} images at {height}×{width}", file=sys.stderr, flush=True)
-        budgets = pick_budgets(model, dataset[0][0])
-        tables[f"{height}x{width}"] = evaluate(
-            model, dataset, count, default_settings(budgets), len(card["classes"])
-        )
-    result = {
-        "title": f"{Path(args.weights).name} on {args.dataset} {args.split}",
-        "weights_sha256": card["weights_sha256"],
-        "dataset": args.dataset,
-        "split": args.split,
-        "classes": card["classes"],
-        "tables": tables,
-        "targets": check_targets(tables),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-        "command": "qgn " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-    }
+    result = evaluate_sizes(model, card, args.dataset, args.split, sizes, root=args.root)
+    result["command"] = "qgn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_report(result, Path(args.out))
-    header = f"{'setting':<22}{'mIoU':>7}{'acc':>7}{'peak MiB':>10}{'decoder MiB':>12}{'ms':>8}"
-    for size, table in tables.items():
-        print(f"{size}, {table['images']} images")
-        print(header + "  active sites")
-        for row in table["rows"]:
-            print(
-                f"{row['setting']:<22}{100 * row['miou']:7.2f}{100 * row['pixel_acc']:7.2f}"
-                f"{row['peak_mib']:10.1f}{row['decoder_mib']:12.1f}"
-                f"{row['latency_ms_median']:8.0f}  {[round(a) for a in row['active_sites']]}"
-            )
-    for name, met in result["targets"].items():
-        print(f"target {name}: {'met' if met else 'MISSED'}")
+    print(format_tables(result))
     print(f"wrote {args.out}/eval.json and {args.out}/tradeoff.png")
     if args.update_card:
         card["evaluation"] = result
@@ -228,10 +127,8 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qgn", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """The model's commands: train, eval, demo (the server adds serve and segment)."""
     train = commands.add_parser("train", help="train a QGN (torchrun for several processes)")
     train.add_argument(
         "--dataset", default="synthetic", choices=["synthetic", "cityscapes", "ade20k"]
@@ -290,42 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.set_defaults(run=_eval)
 
-    serve = commands.add_parser("serve", help="run the HTTP server (settings from QGN_* env)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.set_defaults(run=_serve)
-
-    segment = commands.add_parser("segment", help="segment one image file, no HTTP")
-    segment.add_argument("image")
-    segment.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    segment.add_argument("--scheme", default="pc", choices=["all", "pc", "threshold", "budget"])
-    segment.add_argument("--threshold", type=float, default=None)
-    segment.add_argument("--budget-mb", type=float, default=None)
-    segment.add_argument("-o", "--out", default="mask.png")
-    segment.set_defaults(run=_segment)
-
     demo = commands.add_parser("demo", help="segment a generated scene, write demo.png")
     demo.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     demo.add_argument("--height", type=int, default=512)
     demo.add_argument("--width", type=int, default=1024)
     demo.add_argument("--out", default="demo.png")
     demo.set_defaults(run=_demo)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from model.weights import WeightsError
-    from server.errors import ApiError
-
-    try:
-        return args.run(args)
-    except ApiError as error:
-        print(f"qgn {args.command}: {error.message}", file=sys.stderr)
-    except (WeightsError, FileNotFoundError, ValueError, KeyError) as error:
-        print(f"qgn {args.command}: {error}", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

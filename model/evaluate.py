@@ -8,8 +8,11 @@ of mIoU against peak memory, one point per setting.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +41,26 @@ class Setting:
     params: dict = field(default_factory=dict)
 
 
+def confusion(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """(truth, guess) pixel counts over the labelled pixels."""
+    valid = label != IGNORE
+    index = label[valid].astype(np.int64) * num_classes + mask[valid].astype(np.int64)
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def class_iou(matrix: np.ndarray) -> np.ndarray:
+    """IoU per class; NaN for a class absent from both the labels and the predictions."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def mean_iou(matrix: np.ndarray) -> float | None:
+    """Mean IoU over the classes present in the labels or the predictions."""
+    iou = class_iou(matrix)
+    return float(np.nanmean(iou)) if not np.isnan(iou).all() else None
+
+
 @dataclass
 class Tally:
     num_classes: int
@@ -51,26 +74,17 @@ class Tally:
         self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
     def add(self, prediction, label: np.ndarray) -> None:
-        valid = label != IGNORE
-        truth = label[valid].astype(np.int64)
-        guess = prediction.mask.numpy()[valid].astype(np.int64)
-        index = truth * self.num_classes + guess
-        self.confusion += np.bincount(index, minlength=self.num_classes**2).reshape(
-            self.num_classes, self.num_classes
-        )
+        self.confusion += confusion(prediction.mask.numpy(), label, self.num_classes)
         self.active_sites.append(prediction.active_sites)
         self.decoder_bytes.append(sum(prediction.decoder_bytes))
         self.peaks.append(prediction.peak_bytes)
         self.latencies.append(prediction.latency_s)
 
     def summary(self) -> dict:
-        tp = np.diag(self.confusion).astype(np.float64)
-        union = self.confusion.sum(0) + self.confusion.sum(1) - tp
-        present = union > 0
-        iou = np.where(present, tp / np.maximum(union, 1), np.nan)
+        iou = class_iou(self.confusion)
         return {
-            "miou": float(np.nanmean(iou)) if present.any() else None,
-            "pixel_acc": float(tp.sum() / max(self.confusion.sum(), 1)),
+            "miou": mean_iou(self.confusion),
+            "pixel_acc": float(np.trace(self.confusion) / max(self.confusion.sum(), 1)),
             "per_class_iou": [None if math.isnan(v) else round(float(v), 4) for v in iou],
             "active_sites": [round(float(v), 1) for v in np.mean(self.active_sites, axis=0)],
             "decoder_mib": float(np.mean(self.decoder_bytes)) / MIB,
@@ -262,6 +276,58 @@ def plot_tradeoff(tables: dict[str, dict], path: Path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def evaluate_sizes(
+    model: QGN,
+    card: dict,
+    dataset: str,
+    split: str,
+    sizes: list[tuple[int, int, int]],
+    root: str | None = None,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+) -> dict:
+    """Every setting at every (height, width, images) size, the knob's targets and where it
+    ran: what `qgn eval` writes and the model card stores."""
+    from model.data import build_dataset
+
+    tables = {}
+    for height, width, wanted in sizes:
+        data = build_dataset(dataset, split, root=root, height=height, width=width)
+        count = min(wanted, len(data))
+        log(f"evaluating {count} images at {height}×{width}")
+        budgets = pick_budgets(model, data[0][0])
+        tables[f"{height}x{width}"] = evaluate(
+            model, data, count, default_settings(budgets), len(card["classes"]), log
+        )
+    return {
+        "title": f"{card.get('weights_file', 'weights')} on {dataset} {split}",
+        "weights_sha256": card["weights_sha256"],
+        "dataset": dataset,
+        "split": split,
+        "classes": card["classes"],
+        "tables": tables,
+        "targets": check_targets(tables),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def format_tables(result: dict) -> str:
+    """The evaluation as text: a table per size, then each target met or missed."""
+    lines = []
+    header = f"{'setting':<22}{'mIoU':>7}{'acc':>7}{'peak MiB':>10}{'decoder MiB':>12}{'ms':>8}"
+    for size, table in result["tables"].items():
+        lines += [f"{size}, {table['images']} images", header + "  active sites"]
+        for row in table["rows"]:
+            lines.append(
+                f"{row['setting']:<22}{100 * row['miou']:7.2f}{100 * row['pixel_acc']:7.2f}"
+                f"{row['peak_mib']:10.1f}{row['decoder_mib']:12.1f}"
+                f"{row['latency_ms_median']:8.0f}  {[round(a) for a in row['active_sites']]}"
+            )
+    for name, met in result["targets"].items():
+        lines.append(f"target {name}: {'met' if met else 'MISSED'}")
+    return "\n".join(lines)
 
 
 def write_report(result: dict, out: Path) -> None:

@@ -22,7 +22,7 @@ from model.decoder import DenseHead, RefinementStage
 from model.encoder import IMAGE_MEAN, IMAGE_STD, ResNetEncoder, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
 from model.quadtree import block_sizes, canonical_leaves, leaves_to_dense, level_shape
-from model.schemes import LevelView, Scheme
+from model.schemes import LevelView, Scheme, SchemeRun
 
 LEVELS = 6
 # Painting the mask and finding its canonical leaves, at their peak (uint8 maps).
@@ -93,7 +93,8 @@ class QGNOutput:
 
 @dataclass
 class Prediction:
-    """One image's result: the dense mask, its canonical quadtree, and what it cost."""
+    """One image's result: the dense mask, its canonical quadtree, what ran and what it
+    cost."""
 
     mask: Tensor  # (H, W) class ids
     leaves: Tensor  # (N, 4) canonical leaves of `mask`
@@ -103,7 +104,7 @@ class Prediction:
     peak_bytes: int
     latency_s: float
     device: str
-    scheme: dict = field(default_factory=dict)
+    scheme: SchemeRun
     phase_peaks: dict[str, int] = field(default_factory=dict)
     phase_starts: dict[str, int] = field(default_factory=dict)
 
@@ -292,7 +293,7 @@ class QGN(nn.Module):
             peak_bytes=probe.peak_bytes,
             latency_s=latency,
             device=device.type,
-            scheme=scheme.describe(),
+            scheme=scheme.ran(),
             phase_peaks=dict(probe.phase_peaks),
             phase_starts=dict(probe.phase_starts),
         )

@@ -10,13 +10,130 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from model.quadtree import COMPOSITE
+
+MIB = 2**20
+
+# What a client may ask for, with the one parameter each takes. `oracle` needs the ground
+# truth, so it is offered to evaluation and training only.
+REQUESTABLE: dict[str, dict] = {
+    "all": {"description": "every site is refined (QGN-All): most memory, best accuracy"},
+    "pc": {"description": "only predicted composites are refined (QGN-PC): least memory"},
+    "threshold": {
+        "description": "sites with p(composite) >= threshold are refined",
+        "parameters": {
+            "threshold": {"type": "number", "minimum": 0, "maximum": 1, "required": True}
+        },
+    },
+    "budget": {
+        "description": "the most uncertain sites that fit a memory budget are refined",
+        "parameters": {
+            "budget_mb": {"type": "number", "exclusiveMinimum": 0, "unit": "MiB", "required": True}
+        },
+    },
+}
+SCHEME_NAMES = (*REQUESTABLE, "oracle")
+
+
+class SchemeError(ValueError):
+    """A scheme request that cannot run; `code` names the kind (the API's error code)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SchemeRequest:
+    """A scheme by name with its one parameter, validated once, when it is made.
+
+    The CLI, the HTTP route and evaluation all build their schemes from one of these.
+    """
+
+    name: str
+    threshold: float | None = None
+    budget_mb: float | None = None
+
+    def __post_init__(self):
+        if self.name not in SCHEME_NAMES:
+            raise SchemeError(
+                "unknown_scheme",
+                f"unknown scheme {self.name!r}; valid schemes: {', '.join(SCHEME_NAMES)}",
+            )
+        for field_name, value in (("threshold", self.threshold), ("budget_mb", self.budget_mb)):
+            if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+                raise SchemeError(
+                    "invalid_parameter", f"{field_name} must be a finite number, got {value}"
+                )
+        if self.name == "threshold":
+            if self.threshold is None:
+                raise SchemeError("missing_parameter", "scheme=threshold needs threshold in [0, 1]")
+            if not 0.0 <= self.threshold <= 1.0:
+                raise SchemeError(
+                    "invalid_parameter", f"threshold must lie in [0, 1], got {self.threshold}"
+                )
+        elif self.threshold is not None:
+            raise SchemeError(
+                "invalid_parameter",
+                f"threshold is used only with scheme=threshold, not {self.name}",
+            )
+        if self.name == "budget":
+            if self.budget_mb is None:
+                raise SchemeError("missing_parameter", "scheme=budget needs budget_mb (MiB, > 0)")
+            if self.budget_mb <= 0:
+                raise SchemeError(
+                    "invalid_parameter", f"budget_mb must be > 0, got {self.budget_mb}"
+                )
+        elif self.budget_mb is not None:
+            raise SchemeError(
+                "invalid_parameter", f"budget_mb is used only with scheme=budget, not {self.name}"
+            )
+
+    def build(self, cap_mb: float | None = None, targets: list[Tensor] | None = None) -> Scheme:
+        """The scheme to run; `cap_mb` is the server's cap on any one request (a budget above
+        it is cut to it, another scheme runs `Capped`)."""
+        if self.name == "budget":
+            if cap_mb is not None and cap_mb < self.budget_mb:
+                return Budget.in_mib(cap_mb, capped=True)
+            return Budget.in_mib(self.budget_mb)
+        if self.name == "oracle":
+            if targets is None:
+                raise SchemeError("missing_parameter", "scheme 'oracle' needs ground-truth targets")
+            scheme: Scheme = Oracle(targets)
+        elif self.name == "threshold":
+            scheme = Threshold(self.threshold)
+        else:
+            scheme = All() if self.name == "all" else PredictedComposite()
+        return scheme if cap_mb is None else Capped(scheme, cap_mb)
+
+
+@dataclass(frozen=True)
+class SchemeRun:
+    """What ran, recorded once by `QGN.predict` and read downstream: the scheme, its
+    threshold, the budget in force (MiB), whether the server's cap limited it, and whether it
+    was degraded to a tighter budget after running out of memory."""
+
+    name: str
+    threshold: float | None = None
+    budget_mb: float | None = None
+    capped: bool = False
+    degraded: bool = False
+
+    def as_dict(self) -> dict:
+        return {
+            "scheme": self.name,
+            "threshold": self.threshold,
+            "budget_mb": self.budget_mb,
+            "capped": self.capped,
+            "degraded": self.degraded,
+        }
 
 
 @dataclass
@@ -44,8 +161,9 @@ class Scheme(ABC):
     def select(self, view: LevelView) -> Tensor:
         """A bool mask over the level's sites: True = propagate."""
 
-    def describe(self) -> dict:
-        return {"scheme": self.name}
+    def ran(self) -> SchemeRun:
+        """What this scheme ran as; read after the run (a cap knows then whether it bound)."""
+        return SchemeRun(self.name)
 
 
 class All(Scheme):
@@ -79,8 +197,8 @@ class Threshold(Scheme):
     def select(self, view: LevelView) -> Tensor:
         return view.composite_prob >= self.tau
 
-    def describe(self) -> dict:
-        return {"scheme": self.name, "threshold": self.tau}
+    def ran(self) -> SchemeRun:
+        return SchemeRun(self.name, threshold=self.tau)
 
 
 class Budget(Scheme):
@@ -93,10 +211,19 @@ class Budget(Scheme):
 
     name = "budget"
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, capped: bool = False):
         if not (isinstance(budget_bytes, int) and budget_bytes > 0):
             raise ValueError(f"budget must be a positive number of bytes, got {budget_bytes!r}")
         self.budget_bytes = budget_bytes
+        self.budget_mb = budget_bytes / MIB
+        self.capped = capped  # the server's cap replaced the client's larger budget
+
+    @classmethod
+    def in_mib(cls, budget_mb: float, capped: bool = False) -> Budget:
+        """A budget given in MiB, reported back exactly as given."""
+        scheme = cls(max(1, int(budget_mb * MIB)), capped)
+        scheme.budget_mb = budget_mb
+        return scheme
 
     def parents_that_fit(self, view: LevelView) -> int:
         room = self.budget_bytes - view.live_bytes - view.child_stage_bytes
@@ -111,8 +238,8 @@ class Budget(Scheme):
             chosen[torch.topk(view.composite_prob, count, sorted=False).indices] = True
         return chosen
 
-    def describe(self) -> dict:
-        return {"scheme": self.name, "budget_mb": self.budget_bytes / 2**20}
+    def ran(self) -> SchemeRun:
+        return SchemeRun(self.name, budget_mb=self.budget_mb, capped=self.capped)
 
 
 class Oracle(Scheme):
@@ -134,18 +261,18 @@ class Capped(Scheme):
     """Another scheme, never refining more than a memory budget allows: the server's cap.
 
     Where the inner scheme picks more sites than fit, the most uncertain of its picks are
-    kept; `bound` tells afterwards whether the cap changed anything.
+    kept; `ran()` then says the cap bound, with the cap as the budget in force.
     """
 
-    def __init__(self, inner: Scheme, budget_bytes: int):
+    def __init__(self, inner: Scheme, cap_mb: float):
         self.inner = inner
-        self.budget = Budget(budget_bytes)
+        self.cap = Budget.in_mib(cap_mb)
         self.name = inner.name
         self.bound = False
 
     def select(self, view: LevelView) -> Tensor:
         chosen = self.inner.select(view)
-        room = self.budget.parents_that_fit(view)
+        room = self.cap.parents_that_fit(view)
         if int(chosen.sum()) <= room:
             return chosen
         self.bound = True
@@ -156,34 +283,16 @@ class Capped(Scheme):
             kept[torch.topk(prob, room, sorted=False).indices] = True
         return kept
 
-    def describe(self) -> dict:
-        return {**self.inner.describe(), "budget_mb": self.budget.budget_bytes / 2**20}
-
-
-SCHEMES: dict[str, type[Scheme]] = {
-    cls.name: cls for cls in (All, PredictedComposite, Threshold, Budget, Oracle)
-}
+    def ran(self) -> SchemeRun:
+        inner = self.inner.ran()
+        return replace(inner, budget_mb=self.cap.budget_mb, capped=True) if self.bound else inner
 
 
 def make_scheme(
     name: str,
     threshold: float | None = None,
-    budget_bytes: int | None = None,
+    budget_mb: float | None = None,
     targets: list[Tensor] | None = None,
 ) -> Scheme:
-    """Builds a scheme by name; unknown names raise a KeyError listing the valid ones."""
-    if name not in SCHEMES:
-        raise KeyError(f"unknown scheme {name!r}; valid schemes: {', '.join(SCHEMES)}")
-    if name == "threshold":
-        if threshold is None:
-            raise ValueError("scheme 'threshold' needs a threshold in [0, 1]")
-        return Threshold(threshold)
-    if name == "budget":
-        if budget_bytes is None:
-            raise ValueError("scheme 'budget' needs a budget in bytes")
-        return Budget(budget_bytes)
-    if name == "oracle":
-        if targets is None:
-            raise ValueError("scheme 'oracle' needs ground-truth targets")
-        return Oracle(targets)
-    return SCHEMES[name]()
+    """A scheme by name (a shorthand for `SchemeRequest(...).build()`)."""
+    return SchemeRequest(name, threshold, budget_mb).build(targets=targets)

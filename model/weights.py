@@ -16,6 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from model.qgn import QGN, QGNConfig
 
+# The weights this repository ships.
+DEFAULT_WEIGHTS = (
+    Path(__file__).resolve().parent.parent / "weights" / "qgn_small_synthetic.safetensors"
+)
+
 
 class WeightsError(RuntimeError):
     """The weights or their model card cannot be used; the message says why."""

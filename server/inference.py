@@ -17,13 +17,13 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from model.qgn import QGN, Prediction
-from model.schemes import Budget, Capped, Scheme, make_scheme
+from model.schemes import Budget, Scheme, SchemeRequest, make_scheme
 from server.errors import ApiError
 from server.images import encode_mask_png
 from server.metrics import Metrics
@@ -36,23 +36,11 @@ MIB = 2**20
 FAULT_INJECT_OOM = "QGN_FAULT_INJECT_OOM"
 
 
-@dataclass(frozen=True)
-class SchemeRequest:
-    """What the client asked for, already validated."""
-
-    scheme: str
-    threshold: float | None = None
-    budget_mb: float | None = None
-
-
 @dataclass
 class SegmentResult:
+    """The prediction (which records what ran) and its mask as a palette PNG."""
+
     prediction: Prediction
-    scheme: str
-    threshold: float | None
-    budget_mb: float | None  # the budget that ran: the client's, or the server's cap
-    capped: bool
-    degraded: bool
     mask_png: bytes
 
 
@@ -120,9 +108,9 @@ class Engine:
         """The smallest budget an image of this size can run under, in MiB (rounded up)."""
         return math.ceil(self.model.cost.min_budget_bytes(height, width) / MIB * 100) / 100
 
-    def plan(self, request: SchemeRequest, height: int, width: int) -> tuple[Scheme, float | None]:
-        """The scheme object to run, and the budget (MiB) in force; 413/422 when no budget
-        can hold this image."""
+    def plan(self, request: SchemeRequest, height: int, width: int) -> Scheme:
+        """The scheme to run under the server's cap; 413/422 when no budget can hold this
+        image."""
         floor = self.min_budget_mb(height, width)
         cap = self.settings.memory_budget_mb
         if cap is not None and floor > cap:
@@ -133,29 +121,23 @@ class Engine:
                 f"request at {cap} MiB",
                 min_budget_mb=floor,
             )
-        if request.scheme == "budget":
-            if request.budget_mb < floor:
-                raise ApiError(
-                    422,
-                    "budget_too_small",
-                    f"budget_mb={request.budget_mb} is below the smallest feasible budget for a "
-                    f"{width}×{height} image: {floor} MiB",
-                    min_budget_mb=floor,
-                )
-            budget = request.budget_mb if cap is None else min(request.budget_mb, cap)
-            return Budget(int(budget * MIB)), budget
-        scheme = make_scheme(request.scheme, threshold=request.threshold)
-        if cap is not None:
-            return Capped(scheme, int(cap * MIB)), None
-        return scheme, None
+        if request.name == "budget" and request.budget_mb < floor:
+            raise ApiError(
+                422,
+                "budget_too_small",
+                f"budget_mb={request.budget_mb} is below the smallest feasible budget for a "
+                f"{width}×{height} image: {floor} MiB",
+                min_budget_mb=floor,
+            )
+        return request.build(cap_mb=cap)
 
     # Running -----------------------------------------------------------------------------
     async def segment(self, image: np.ndarray, request: SchemeRequest) -> SegmentResult:
         """Admits, runs on the device worker, and waits at most the request timeout."""
-        scheme, budget = self.plan(request, image.shape[0], image.shape[1])
+        scheme = self.plan(request, image.shape[0], image.shape[1])
         self.admit()
         try:
-            future = self.executor.submit(self._run, image, request, scheme, budget)
+            future = self.executor.submit(self._run, image, request, scheme)
         except RuntimeError:  # the executor is shutting down
             self._release()
             self.metrics.queue_depth.dec()
@@ -175,52 +157,41 @@ class Engine:
                 f"{self.settings.request_timeout_s} s",
             ) from None
 
-    def _run(
-        self, image, request: SchemeRequest, scheme: Scheme, budget: float | None
-    ) -> SegmentResult:
+    def _run(self, image, request: SchemeRequest, scheme: Scheme) -> SegmentResult:
         self.metrics.queue_depth.dec()
         start = time.perf_counter()
-        degraded = False
         try:
             prediction = self._predict(image, scheme)
         except (torch.OutOfMemoryError, MemoryError) as error:
-            # One retry under a budget of half what the device could not give.
-            floor = self.min_budget_mb(image.shape[0], image.shape[1])
-            in_force = budget if budget is not None else self.settings.memory_budget_mb
-            budget = max(floor, self._tighter_budget_mb(in_force, image))
-            log.warning("out of memory (%s); retrying under %.1f MiB", type(error).__name__, budget)
-            self._free_device_memory()
-            scheme = Budget(int(budget * MIB))
-            try:
-                prediction = self._predict(image, scheme)
-            except (torch.OutOfMemoryError, MemoryError):
-                self._free_device_memory()
-                raise ApiError(
-                    507,
-                    "out_of_memory",
-                    f"the device ran out of memory, also when retried under {budget:.1f} MiB; "
-                    f"send a smaller image or a smaller budget",
-                ) from None
-            degraded = True
-            self.metrics.degraded.labels(request.scheme).inc()
+            prediction = self._retry_tighter(image, request, error)
         self._recent_seconds.append(time.perf_counter() - start)
-        # The server's cap limited the request: it bound a scheme (Capped), or cut a budget.
-        capped = not degraded and (
-            (isinstance(scheme, Capped) and scheme.bound)
-            or (request.scheme == "budget" and budget < request.budget_mb)
-        )
-        if capped and isinstance(scheme, Capped):
-            budget = self.settings.memory_budget_mb
         mask_png = encode_mask_png(prediction.mask.numpy(), self.card["palette"])
-        return SegmentResult(
-            prediction=prediction,
-            scheme="budget" if degraded else request.scheme,
-            threshold=request.threshold,
-            budget_mb=budget if (capped or degraded or request.scheme == "budget") else None,
-            capped=capped,
-            degraded=degraded,
-            mask_png=mask_png,
-        )
+        return SegmentResult(prediction=prediction, mask_png=mask_png)
+
+    def _retry_tighter(
+        self, image: np.ndarray, request: SchemeRequest, error: BaseException
+    ) -> Prediction:
+        """One retry under a budget of half what the device could not give; 507 if that
+        fails too. The prediction records that it was degraded."""
+        floor = self.min_budget_mb(image.shape[0], image.shape[1])
+        in_force = cap = self.settings.memory_budget_mb
+        if request.name == "budget":
+            in_force = request.budget_mb if cap is None else min(request.budget_mb, cap)
+        budget = max(floor, self._tighter_budget_mb(in_force, image))
+        log.warning("out of memory (%s); retrying under %.1f MiB", type(error).__name__, budget)
+        self._free_device_memory()
+        try:
+            prediction = self._predict(image, Budget.in_mib(budget))
+        except (torch.OutOfMemoryError, MemoryError):
+            self._free_device_memory()
+            raise ApiError(
+                507,
+                "out_of_memory",
+                f"the device ran out of memory, also when retried under {budget:.1f} MiB; "
+                f"send a smaller image or a smaller budget",
+            ) from None
+        self.metrics.degraded.labels(request.name).inc()
+        return replace(prediction, scheme=replace(prediction.scheme, degraded=True))
 
     def _predict(self, image: np.ndarray, scheme: Scheme) -> Prediction:
         if self._oom_to_inject > 0:  # only the device worker thread gets here

@@ -12,8 +12,8 @@ import logging
 import time
 from urllib.parse import parse_qs
 
+from model.schemes import REQUESTABLE
 from server.metrics import Metrics
-from server.settings import HTTP_SCHEMES
 
 access_log = logging.getLogger("qgn.access")
 SEGMENT_PATH = "/v1/segment"
@@ -22,7 +22,7 @@ SEGMENT_PATH = "/v1/segment"
 def scheme_label(query_string: bytes, default: str) -> str:
     values = parse_qs(query_string.decode("latin-1")).get("scheme")
     scheme = values[-1] if values else default
-    return scheme if scheme in HTTP_SCHEMES else "none"
+    return scheme if scheme in REQUESTABLE else "none"
 
 
 class SegmentMetricsMiddleware:

@@ -9,12 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from model.schemes import SCHEMES
-
-DEFAULT_WEIGHTS = (
-    Path(__file__).resolve().parent.parent / "weights" / "qgn_small_synthetic.safetensors"
-)
-HTTP_SCHEMES = tuple(name for name in SCHEMES if name != "oracle")
+from model.weights import DEFAULT_WEIGHTS
 
 
 class SettingsError(ValueError):

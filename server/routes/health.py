@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.errors import ApiError
+from server.deps import ReadyEngine
 from server.schemas import ErrorResponse, Health
 
 router = APIRouter()
@@ -22,10 +22,7 @@ def healthz() -> Health:
     responses={503: {"model": ErrorResponse}},
     summary="Weights loaded and a warm-up inference done",
 )
-def readyz(request: Request) -> Health:
-    engine = getattr(request.app.state, "engine", None)
-    if engine is None or not engine.ready:
-        raise ApiError(503, "not_ready", "the model is loading", headers={"Retry-After": "2"})
+def readyz(_: ReadyEngine) -> Health:
     return Health(status="ready")
 
 

@@ -8,17 +8,18 @@ the budget against this image's minimum (422), then the queue (503) and the devi
 from __future__ import annotations
 
 import base64
-import math
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 
 from model.qgn import BLOCK_SIZES, LEVELS
+from server.deps import ReadyEngine, RequestedScheme
 from server.errors import ApiError
 from server.images import check_content_type, load_image
-from server.inference import SchemeRequest, SegmentResult
+from server.inference import SegmentResult
 from server.schemas import ErrorResponse, MaskPayload, Quadtree, SegmentResponse, Stats
 
 router = APIRouter()
@@ -54,34 +55,6 @@ ERRORS = {
 }
 
 
-def scheme_request(scheme: str, threshold: float | None, budget_mb: float | None) -> SchemeRequest:
-    """The validated scheme and its one parameter (422 otherwise)."""
-    for name, value in (("threshold", threshold), ("budget_mb", budget_mb)):
-        if value is not None and not math.isfinite(value):
-            raise ApiError(422, "invalid_parameter", f"{name} must be a finite number, got {value}")
-    if scheme == "threshold":
-        if threshold is None:
-            raise ApiError(422, "missing_parameter", "scheme=threshold needs threshold in [0, 1]")
-        if not 0.0 <= threshold <= 1.0:
-            raise ApiError(
-                422, "invalid_parameter", f"threshold must lie in [0, 1], got {threshold}"
-            )
-    elif threshold is not None:
-        raise ApiError(
-            422, "invalid_parameter", f"threshold is used only with scheme=threshold, not {scheme}"
-        )
-    if scheme == "budget":
-        if budget_mb is None:
-            raise ApiError(422, "missing_parameter", "scheme=budget needs budget_mb (MiB, > 0)")
-        if budget_mb <= 0:
-            raise ApiError(422, "invalid_parameter", f"budget_mb must be > 0, got {budget_mb}")
-    elif budget_mb is not None:
-        raise ApiError(
-            422, "invalid_parameter", f"budget_mb is used only with scheme=budget, not {scheme}"
-        )
-    return SchemeRequest(scheme, threshold, budget_mb)
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes."""
     declared = request.headers.get("content-length")
@@ -102,9 +75,16 @@ async def image_bytes(request: Request, limit: int) -> bytes:
     """The uploaded image: one multipart field `image`, or a raw image body."""
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
-        request._body = await read_body(request, limit + 64 * 1024)  # room for the framing
+        body = await read_body(request, limit + 64 * 1024)  # room for the framing
+
+        async def replay():
+            yield body
+
+        parser = MultiPartParser(
+            request.headers, replay(), max_files=4, max_fields=16, max_part_size=64 * 1024
+        )
         try:
-            form = await request.form(max_files=4, max_fields=16, max_part_size=64 * 1024)
+            form = await parser.parse()
         except Exception as error:
             raise ApiError(
                 400, "bad_multipart", f"the multipart body cannot be parsed: {error}"
@@ -137,20 +117,11 @@ async def image_bytes(request: Request, limit: int) -> bytes:
 )
 async def segment(
     request: Request,
-    scheme: Literal["all", "pc", "threshold", "budget"] | None = Query(
-        None, description="propagation scheme; the server's default when left out"
-    ),
-    threshold: float | None = Query(
-        None, description="p(composite) threshold, with scheme=threshold"
-    ),
-    budget_mb: float | None = Query(None, description="memory budget in MiB, with scheme=budget"),
+    wanted: RequestedScheme,
+    engine: ReadyEngine,
     format: Literal["json", "png"] = Query("json", description="json body or the palette PNG"),
 ):
-    engine = getattr(request.app.state, "engine", None)
     settings = request.app.state.settings
-    wanted = scheme_request(scheme or settings.default_scheme, threshold, budget_mb)
-    if engine is None or not engine.ready:
-        raise ApiError(503, "not_ready", "the model is loading", headers={"Retry-After": "2"})
     data = await image_bytes(request, settings.max_upload_bytes)
     image = await run_in_threadpool(load_image, data, settings.max_pixels)
     del data
@@ -161,36 +132,37 @@ async def segment(
 
 def _observe(request: Request, result: SegmentResult) -> None:
     metrics, prediction = request.app.state.metrics, result.prediction
+    scheme = prediction.scheme.name
     request.state.peak_memory_bytes = prediction.peak_bytes
-    metrics.inference_duration.labels(result.scheme).observe(prediction.latency_s)
-    metrics.peak_memory.labels(result.scheme).observe(prediction.peak_bytes)
+    metrics.inference_duration.labels(scheme).observe(prediction.latency_s)
+    metrics.peak_memory.labels(scheme).observe(prediction.peak_bytes)
     for level, fraction in enumerate(prediction.active_fraction):
         metrics.active_fraction.labels(str(level)).observe(fraction)
-    if result.capped:
-        metrics.budget_capped.labels(result.scheme).inc()
+    if prediction.scheme.capped:
+        metrics.budget_capped.labels(scheme).inc()
 
 
 def _response(result: SegmentResult, format: str, classes: list[str]):
-    prediction = result.prediction
+    prediction, ran = result.prediction, result.prediction.scheme
     height, width = prediction.mask.shape
     latency_ms = round(prediction.latency_s * 1000, 3)
     if format == "png":
         headers = {
-            "X-QGN-Scheme": result.scheme,
+            "X-QGN-Scheme": ran.name,
             "X-QGN-Latency-Ms": str(latency_ms),
             "X-QGN-Peak-Memory-Bytes": str(prediction.peak_bytes),
         }
-        if result.budget_mb is not None:
-            headers["X-QGN-Budget-Mb"] = str(result.budget_mb)
+        if ran.budget_mb is not None:
+            headers["X-QGN-Budget-Mb"] = str(ran.budget_mb)
         return Response(result.mask_png, media_type="image/png", headers=headers)
     return SegmentResponse(
         width=width,
         height=height,
-        scheme=result.scheme,
-        threshold=result.threshold,
-        budget_mb=result.budget_mb,
-        capped=result.capped,
-        degraded=result.degraded,
+        scheme=ran.name,
+        threshold=ran.threshold,
+        budget_mb=ran.budget_mb,
+        capped=ran.capped,
+        degraded=ran.degraded,
         classes=classes,
         quadtree=Quadtree(
             levels=LEVELS, block_sizes=BLOCK_SIZES, leaves=prediction.leaves.tolist()

@@ -112,8 +112,7 @@ def test_no_cpu_memory_tracker_outlives_its_inference(weights):
     reason="no CUDA device (CI has none): GPU memory is checked only where there is one",
 )
 def test_gpu_memory_returns_to_its_level(weights):  # pragma: no cover - needs a GPU
-    client = started(Settings(weights=weights, device="cuda"))
-    try:
+    with started(Settings(weights=weights, device="cuda")) as client:
         requests = list(mixed_requests(500, seed=1))
         for url, request in requests[:SETTLED_AFTER]:
             client.post(url, **request)
@@ -123,5 +122,3 @@ def test_gpu_memory_returns_to_its_level(weights):  # pragma: no cover - needs a
             assert client.post(url, **request).status_code < 500
         torch.cuda.synchronize()
         assert torch.cuda.memory_allocated() <= settled + MIB
-    finally:
-        client.__exit__(None, None, None)

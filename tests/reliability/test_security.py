@@ -116,9 +116,8 @@ def app_client(weights):
     """The app in this process, on one torch thread (as the servers here, see SERVER_ENV)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    client = started(Settings(weights=weights, device="cpu"))
-    yield client
-    client.__exit__(None, None, None)
+    with started(Settings(weights=weights, device="cpu")) as client:
+        yield client
     torch.set_num_threads(threads)
 
 

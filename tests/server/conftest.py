@@ -6,6 +6,8 @@ import io
 import struct
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,20 +59,20 @@ def wait_ready(client: TestClient, seconds: float = 60.0) -> None:
     raise TimeoutError("the app did not become ready")
 
 
-def started(settings: Settings):
+@contextmanager
+def started(settings: Settings) -> Iterator[TestClient]:
     """A TestClient with its lifespan running and the model warm."""
-    client = TestClient(create_app(settings, CollectorRegistry()), raise_server_exceptions=False)
-    client.__enter__()
-    wait_ready(client)
-    return client
+    app = create_app(settings, CollectorRegistry())
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        yield client
 
 
 @pytest.fixture(scope="module")
 def client(tiny_weights):
     settings = Settings(weights=tiny_weights, device="cpu", max_upload_mb=2, max_pixels=5_000_000)
-    c = started(settings)
-    yield c
-    c.__exit__(None, None, None)
+    with started(settings) as c:
+        yield c
 
 
 def scene_image(height: int = 96, width: int = 160, seed: int = 0) -> np.ndarray:

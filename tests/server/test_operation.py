@@ -19,8 +19,7 @@ QGN = str(Path(sys.executable).with_name("qgn"))
 
 
 def test_a_full_queue_refuses_with_retry_after(tiny_weights):
-    client = started(Settings(weights=tiny_weights, device="cpu", queue_size=2))
-    try:
+    with started(Settings(weights=tiny_weights, device="cpu", queue_size=2)) as client:
         engine = client.app.state.engine
         engine.admit()
         engine.admit()
@@ -38,26 +37,20 @@ def test_a_full_queue_refuses_with_retry_after(tiny_weights):
             client.post("/v1/segment", content=encode(scene_image()), headers=PNG).status_code
             == 200
         )
-    finally:
-        client.__exit__(None, None, None)
 
 
 def test_a_request_past_its_timeout_gets_504_and_frees_its_place(tiny_weights):
-    client = started(Settings(weights=tiny_weights, device="cpu", request_timeout_s=1e-4))
-    try:
+    with started(Settings(weights=tiny_weights, device="cpu", request_timeout_s=1e-4)) as client:
         response = client.post(
             "/v1/segment?scheme=all", content=encode(scene_image(256, 256)), headers=PNG
         )
         assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
         client.app.state.engine.executor.submit(lambda: None).result()  # the device finishes
         assert client.app.state.engine._admitted == 0
-    finally:
-        client.__exit__(None, None, None)
 
 
 def test_out_of_memory_retries_under_a_tighter_budget_then_gives_507(tiny_weights, monkeypatch):
-    client = started(Settings(weights=tiny_weights, device="cpu"))
-    try:
+    with started(Settings(weights=tiny_weights, device="cpu")) as client:
         model = client.app.state.engine.model
         real_predict = model.predict
         failures = {"left": 1}
@@ -82,8 +75,6 @@ def test_out_of_memory_retries_under_a_tighter_budget_then_gives_507(tiny_weight
         assert client.get("/healthz").status_code == 200
         ok = client.post("/v1/segment?scheme=pc", content=encode(scene_image()), headers=PNG)
         assert ok.status_code == 200  # the queue is not stuck
-    finally:
-        client.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize(

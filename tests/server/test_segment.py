@@ -292,16 +292,12 @@ def test_every_metric_counts_the_requests(client):
 
 
 def test_server_memory_cap_runs_requests_under_it(tiny_weights):
-    probe = started(Settings(weights=tiny_weights, device="cpu"))
     body = encode(scene_image(192, 256))
-    try:
+    with started(Settings(weights=tiny_weights, device="cpu")) as probe:
         peak_all = post(probe, body, "?scheme=all").json()["stats"]["peak_memory_bytes"]
         floor = error_of(post(probe, body, "?scheme=budget&budget_mb=0.001"), 422)["min_budget_mb"]
-    finally:
-        probe.__exit__(None, None, None)
     cap_mb = round((floor + peak_all / 2**20) / 2, 2)
-    capped = started(Settings(weights=tiny_weights, device="cpu", memory_budget_mb=cap_mb))
-    try:
+    with started(Settings(weights=tiny_weights, device="cpu", memory_budget_mb=cap_mb)) as capped:
         run = post(capped, body, "?scheme=all").json()
         assert run["capped"] is True and run["budget_mb"] == cap_mb and run["scheme"] == "all"
         assert run["stats"]["peak_memory_bytes"] <= cap_mb * 2**20
@@ -315,5 +311,3 @@ def test_server_memory_cap_runs_requests_under_it(tiny_weights):
         assert 'qgn_budget_capped_total{scheme="budget"} 1.0' in text
         huge = encode(np.zeros((2048, 2048, 3), dtype=np.uint8))
         error_of(post(capped, huge, "?scheme=pc"), 413, "over_memory_budget")
-    finally:
-        capped.__exit__(None, None, None)

@@ -1,0 +1,111 @@
+"""The `qgn` command: `serve` and `segment` here, beside the server; `train`, `eval` and
+`demo` come from `model.cli`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from model import cli as model_cli
+from model.schemes import REQUESTABLE, SchemeError, SchemeRequest
+from model.weights import DEFAULT_WEIGHTS, WeightsError
+from server.errors import ApiError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Validates the settings, then runs uvicorn with one worker (one model per device)."""
+    import logging
+
+    import uvicorn
+
+    from server.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"qgn serve: {error}", file=sys.stderr)
+        return 2
+    if not settings.weights.is_file():
+        print(f"qgn serve: QGN_WEIGHTS={settings.weights}: no such file", file=sys.stderr)
+        return 2
+    from server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=False,  # server.middleware writes one structured line per request
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3
+
+
+def _segment(args: argparse.Namespace) -> int:
+    """The server's pipeline on one local file, without HTTP."""
+    import json
+
+    import numpy as np
+
+    from model.weights import load_weights
+    from server.images import encode_mask_png, load_image
+
+    wanted = SchemeRequest(args.scheme, args.threshold, args.budget_mb)
+    model, card = load_weights(args.weights)
+    image = load_image(Path(args.image).read_bytes(), max_pixels=10**9)
+    pred = model.predict(image, wanted.build())
+    Path(args.out).write_bytes(encode_mask_png(pred.mask.numpy().astype(np.uint8), card["palette"]))
+    stats = {
+        **pred.scheme.as_dict(),
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "latency_ms": round(pred.latency_s * 1000, 2),
+        "peak_memory_bytes": pred.peak_bytes,
+        "active_sites": pred.active_sites,
+        "leaves": len(pred.leaves),
+        "mask": args.out,
+    }
+    print(json.dumps(stats))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qgn", description="QGN Serve: train, evaluate and serve a quadtree segmenter."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    model_cli.add_commands(commands)
+
+    serve = commands.add_parser("serve", help="run the HTTP server (settings from QGN_* env)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
+
+    segment = commands.add_parser("segment", help="segment one image file, no HTTP")
+    segment.add_argument("image")
+    segment.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    segment.add_argument("--scheme", default="pc", choices=list(REQUESTABLE))
+    segment.add_argument("--threshold", type=float, default=None)
+    segment.add_argument("--budget-mb", type=float, default=None)
+    segment.add_argument("-o", "--out", default="mask.png")
+    segment.set_defaults(run=_segment)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ApiError, SchemeError) as error:
+        print(f"qgn {args.command}: {error.message}", file=sys.stderr)
+    except (WeightsError, FileNotFoundError, ValueError, KeyError) as error:
+        print(f"qgn {args.command}: {error}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

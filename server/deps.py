@@ -1,0 +1,63 @@
+"""Checks several routes share, as FastAPI dependencies: the engine (loaded, or ready) and
+the validated scheme of a request."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Depends, Query, Request
+
+from model.schemes import REQUESTABLE, SchemeError, SchemeRequest
+from server.errors import ApiError
+from server.inference import Engine
+
+SchemeName = Literal[tuple(REQUESTABLE)]
+
+
+def loaded_engine(request: Request) -> Engine:
+    """The engine once the weights are loaded (503 before)."""
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise ApiError(503, "not_ready", "the model is loading", headers={"Retry-After": "2"})
+    return engine
+
+
+def ready_engine(engine: Annotated[Engine, Depends(loaded_engine)]) -> Engine:
+    """The engine once it is calibrated and warm (503 before)."""
+    if not engine.ready:
+        raise ApiError(503, "not_ready", "the model is loading", headers={"Retry-After": "2"})
+    return engine
+
+
+def as_scheme_request(
+    name: str, threshold: float | None = None, budget_mb: float | None = None
+) -> SchemeRequest:
+    """A validated scheme request; a bad one is an ApiError with the scheme's message."""
+    try:
+        return SchemeRequest(name, threshold, budget_mb)
+    except SchemeError as error:
+        raise ApiError(422, error.code, error.message) from None
+
+
+def requested_scheme(
+    request: Request,
+    scheme: Annotated[
+        SchemeName | None,
+        Query(description="propagation scheme; the server's default when left out"),
+    ] = None,
+    threshold: Annotated[
+        float | None, Query(description="p(composite) threshold, with scheme=threshold")
+    ] = None,
+    budget_mb: Annotated[
+        float | None, Query(description="memory budget in MiB, with scheme=budget")
+    ] = None,
+) -> SchemeRequest:
+    """The scheme a `/v1` request asks for, validated (422 otherwise)."""
+    return as_scheme_request(
+        scheme or request.app.state.settings.default_scheme, threshold, budget_mb
+    )
+
+
+LoadedEngine = Annotated[Engine, Depends(loaded_engine)]
+ReadyEngine = Annotated[Engine, Depends(ready_engine)]
+RequestedScheme = Annotated[SchemeRequest, Depends(requested_scheme)]
