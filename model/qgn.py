@@ -229,6 +229,7 @@ class QGN(nn.Module):
         del dense_features, dense_logits
 
         levels = []
+        mask_bytes = MASK_BYTES_PER_PIXEL * padded_pixels(height, width)
         for level in range(LEVELS):
             last = level == LEVELS - 1
             if last:
@@ -240,8 +241,11 @@ class QGN(nn.Module):
                     coords=coords,
                     live_bytes=probe.live_bytes(),
                     child_site_bytes=self.cost.site_bytes[level + 1],
-                    child_stage_bytes=self.cost.stage_bytes[level + 1]
-                    + MASK_BYTES_PER_PIXEL * padded_pixels(height, width),
+                    child_stage_bytes=self.cost.stage_bytes[level + 1] + mask_bytes,
+                    later_levels=tuple(
+                        (self.cost.site_bytes[k], self.cost.stage_bytes[k] + mask_bytes)
+                        for k in range(level + 2, LEVELS)
+                    ),
                 )
                 propagate = scheme.select(view)
             levels.append(LevelOutput(coords, logits, propagate))

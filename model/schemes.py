@@ -146,6 +146,8 @@ class LevelView:
     live_bytes: int  # bytes the measured inference holds right now
     child_site_bytes: int  # bytes one active site of the next level costs at its peak
     child_stage_bytes: int  # fixed bytes the next level's stage costs if it runs at all
+    # (site bytes, stage bytes) of the levels after the next one, for planning ahead.
+    later_levels: tuple[tuple[int, int], ...] = ()
 
     @property
     def composite_prob(self) -> Tensor:
@@ -202,11 +204,17 @@ class Threshold(Scheme):
 
 
 class Budget(Scheme):
-    """The most uncertain sites (highest p(composite)) that fit a memory budget.
+    """The most uncertain sites (highest p(composite)) that fit a memory budget, planned
+    across the rest of the tree.
 
     The decoder's peak is the peak of its costliest level, not the sum of levels (a level's
-    working tensors are freed before the next one starts), so each level may fill what the
-    budget leaves after the bytes already live: a parent costs four child sites.
+    working tensors are freed before the next one starts). A level that filled the next one
+    with every site it could afford would leave nothing for the levels below, where the
+    boundaries are resolved; so each level takes the k most uncertain sites for the largest
+    k whose subtree fits: if k of its N sites propagate, the levels below are assumed to
+    propagate the same share k/N of their sites, i.e. 4k·(4k/N)^(d-1) sites d levels down
+    (exactly `all`'s cost when k = N). Every level's pick also fits the next level outright,
+    so the measured peak stays within the budget whatever the levels below do.
     """
 
     name = "budget"
@@ -226,13 +234,36 @@ class Budget(Scheme):
         return scheme
 
     def parents_that_fit(self, view: LevelView) -> int:
+        """How many sites may propagate for the next level alone to fit."""
         room = self.budget_bytes - view.live_bytes - view.child_stage_bytes
         if room <= 0:
             return 0
         return int(room // (4 * max(view.child_site_bytes, 1)))
 
+    def subtree_fits(self, view: LevelView, count: int) -> bool:
+        """Whether `count` propagating sites fit at every later level, projected at the
+        share `count / len(view.logits)` per level."""
+        growth = 4 * count / max(len(view.logits), 1)
+        sites = 4 * count
+        for site_bytes, stage_bytes in view.later_levels:
+            sites *= growth
+            if view.live_bytes + stage_bytes + site_bytes * sites > self.budget_bytes:
+                return False
+        return True
+
+    def planned_count(self, view: LevelView) -> int:
+        """The largest count that fits the next level and the projected subtree."""
+        low, high = 0, min(self.parents_that_fit(view), len(view.logits))
+        while low < high:  # the projection grows with the count: bisect
+            middle = (low + high + 1) // 2
+            if self.subtree_fits(view, middle):
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
     def select(self, view: LevelView) -> Tensor:
-        count = min(self.parents_that_fit(view), len(view.logits))
+        count = self.planned_count(view)
         chosen = torch.zeros(len(view.logits), dtype=torch.bool, device=view.logits.device)
         if count > 0:
             chosen[torch.topk(view.composite_prob, count, sorted=False).indices] = True
