@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from model.weights import DEFAULT_WEIGHTS
@@ -39,26 +40,16 @@ def _train(args: argparse.Namespace) -> int:
     from model.train import TrainConfig, train
 
     classes, palette = _classes(args.dataset)
+    given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(TrainConfig)}}
     config = TrainConfig(
-        dataset=args.dataset,
-        root=args.root,
-        model=args.model,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop=(args.crop[0], args.crop[1]),
-        base_size=(args.base_size[0], args.base_size[1]),
-        scale=(args.scale[0], args.scale[1]),
-        dense_share=args.dense_share,
-        init=args.init,
-        log_every=args.log_every,
-        lr=args.lr,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        cache_scenes=args.cache_scenes,
-        out=args.out,
-        weights=args.weights,
-        classes=classes,
-        palette=palette,
+        **{
+            **given,
+            "crop": tuple(args.crop),
+            "base_size": tuple(args.base_size),
+            "scale": tuple(args.scale),
+            "classes": classes,
+            "palette": palette,
+        }
     )
     command = "qgn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     train(config, resume=args.resume, command=command)

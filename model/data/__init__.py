@@ -13,6 +13,7 @@ here, so that `python -m model.data.stats` runs cleanly).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,38 +95,27 @@ def _synthetic(
     return SyntheticScenes(seeds[split], height or 512, width or 1024, transform)
 
 
-def _cityscapes(
-    split: str,
-    root: str | Path | None,
-    height: int | None,
-    width: int | None,
-    transform: PairTransform | None,
-) -> Dataset:
-    from model.data.cityscapes import CityscapesSegmentation
+def _files(name: str, module: str, loader: str) -> DatasetBuilder:
+    """A builder for a dataset read from files; its module is imported only when asked
+    for (the Cityscapes one needs `cityscapesscripts`)."""
 
-    return CityscapesSegmentation(
-        _require_root("cityscapes", root), split, _resized(height, width, transform)
-    )
+    def build(
+        split: str,
+        root: str | Path | None,
+        height: int | None,
+        width: int | None,
+        transform: PairTransform | None,
+    ) -> Dataset:
+        dataset = getattr(importlib.import_module(module), loader)
+        return dataset(_require_root(name, root), split, _resized(height, width, transform))
 
-
-def _ade20k(
-    split: str,
-    root: str | Path | None,
-    height: int | None,
-    width: int | None,
-    transform: PairTransform | None,
-) -> Dataset:
-    from model.data.ade20k import ADE20kSegmentation
-
-    return ADE20kSegmentation(
-        _require_root("ade20k", root), split, _resized(height, width, transform)
-    )
+    return build
 
 
 DATASETS: dict[str, DatasetBuilder] = {
     "synthetic": _synthetic,
-    "cityscapes": _cityscapes,
-    "ade20k": _ade20k,
+    "cityscapes": _files("cityscapes", "model.data.cityscapes", "CityscapesSegmentation"),
+    "ade20k": _files("ade20k", "model.data.ade20k", "ADE20kSegmentation"),
 }
 
 

@@ -7,16 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from model.data.synthetic import (
-    CLASSES,
-    IGNORE_INDEX,
-    PALETTE,
-    TEST_SEEDS,
-    TRAIN_SEEDS,
-    VAL_SEEDS,
-    SyntheticScenes,
-    make_scene,
-)
+from model.data import CLASSES, IGNORE_INDEX, PALETTE, SyntheticScenes, make_scene
+from model.data.synthetic import TEST_SEEDS, TRAIN_SEEDS, VAL_SEEDS
 
 SKY, ROAD = CLASSES.index("sky"), CLASSES.index("road")
 
