@@ -44,6 +44,28 @@ def batch_norm_(norm: nn.BatchNorm2d, x: Tensor) -> Tensor:
     return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
 
 
+class DenseSegmenter(nn.Module):
+    """What `predict_dense` runs: `forward(images, probe, size)` gives the (B, H, W) uint8
+    mask of a float batch, `size` being the content's (H, W) when `images` arrive padded (to
+    `pad_multiple`). A baseline writes `segment`, with the probe and the size filled in."""
+
+    pad_multiple = 1
+
+    def forward(
+        self,
+        images: Tensor,
+        probe: MemoryProbe | NullProbe | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        height, width = size or images.shape[-2:]
+        return self.segment(images, probe or NullProbe(), height, width)
+
+    def segment(
+        self, images: Tensor, probe: MemoryProbe | NullProbe, height: int, width: int
+    ) -> Tensor:
+        raise NotImplementedError
+
+
 class DenseLevel(nn.Module):
     """One decoder level on the full grid: upsample, add the skip, blocks, classifier."""
 
@@ -63,7 +85,7 @@ class DenseLevel(nn.Module):
         return features, self.classifier(features)
 
 
-class DenseQGN(nn.Module):
+class DenseQGN(DenseSegmenter):
     """QGN-All made dense: the same encoder, widths, depths and per-level classifiers.
 
     The mask follows QGN's reading rule (`QGNOutput.leaves`): under `all` every pixel takes
@@ -113,16 +135,9 @@ class DenseQGN(nn.Module):
 
     pad_multiple = 32
 
-    def forward(
-        self,
-        images: Tensor,
-        probe: MemoryProbe | NullProbe | None = None,
-        size: tuple[int, int] | None = None,
+    def segment(
+        self, images: Tensor, probe: MemoryProbe | NullProbe, height: int, width: int
     ) -> Tensor:
-        """The (B, H, W) uint8 mask; `size` is the content's (H, W) when `images` arrive
-        padded."""
-        probe = probe or NullProbe()
-        height, width = size or images.shape[-2:]
         probe.begin_phase("encoder")
         padded = _pad_to(images, 32)
         features = self.encoder(padded)
@@ -203,7 +218,7 @@ class ASPP(nn.Module):
         return self.project(torch.cat([*(b(x) for b in self.branches), pooled], dim=1))
 
 
-class DilatedASPP(nn.Module):
+class DilatedASPP(DenseSegmenter):
     """A dilated ResNet at output stride 8 with a DeepLabv3 head, QGN's encoder widths."""
 
     output_stride = 8
@@ -241,14 +256,9 @@ class DilatedASPP(nn.Module):
             nn.Conv2d(widths[-1], num_classes, 1),
         )
 
-    def forward(
-        self,
-        images: Tensor,
-        probe: MemoryProbe | NullProbe | None = None,
-        size: tuple[int, int] | None = None,
+    def segment(
+        self, images: Tensor, probe: MemoryProbe | NullProbe, height: int, width: int
     ) -> Tensor:
-        probe = probe or NullProbe()
-        height, width = size or images.shape[-2:]
         probe.begin_phase("encoder")
         x = self.stem(_pad_to(images, self.output_stride))
         for stage in self.stages:
@@ -264,23 +274,16 @@ class DilatedASPP(nn.Module):
         return logits[:, :, :height, :width].argmax(dim=1).to(torch.uint8)
 
 
-class TorchvisionSegmenter(nn.Module):
-    """A torchvision segmentation model behind the `forward(images, probe)` contract."""
+class TorchvisionSegmenter(DenseSegmenter):
+    """A torchvision segmentation model behind the `DenseSegmenter` contract."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    pad_multiple = 1
-
-    def forward(
-        self,
-        images: Tensor,
-        probe: MemoryProbe | NullProbe | None = None,
-        size: tuple[int, int] | None = None,
+    def segment(
+        self, images: Tensor, probe: MemoryProbe | NullProbe, height: int, width: int
     ) -> Tensor:
-        probe = probe or NullProbe()
-        height, width = size or images.shape[-2:]
         probe.begin_phase("network")
         logits = self.net(images)["out"]
         probe.begin_phase("mask")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,9 @@ import torch
 
 from model.cost import MemoryCost, calibrate
 from model.data import CLASSES
+from model.evaluate import confusion, mean_iou
 from model.qgn import MODELS, QGN
 
-IGNORE = 255
 # A tiny first inference before the RSS baseline is read: it loads the kernels and one-time
 # buffers, so that the max-RSS growth that follows belongs to the measured inferences.
 PRIMER = np.zeros((64, 64, 3), dtype=np.uint8)
@@ -92,20 +93,6 @@ class RssWatch:
         }
 
 
-def confusion(mask: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    valid = label != IGNORE
-    index = label[valid].astype(np.int64) * num_classes + mask[valid].astype(np.int64)
-    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def mean_iou(matrix: np.ndarray) -> float | None:
-    """Mean IoU over the classes present in the labels or the predictions."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else None
-
-
 def schedule(num_scenes: int, runs: int) -> list[int]:
     """Scene index of each timed run: round robin, every scene at least once."""
     return [i % num_scenes for i in range(max(runs, num_scenes))]
@@ -161,8 +148,8 @@ def measure_qgn(config: dict) -> dict:
     return {
         **summarise(per_scene, latencies, rss),
         "miou": mean_iou(matrix),
-        "scheme_described": schemes[0].describe(),
-        "cost": cost_terms(model.cost),
+        "scheme_described": schemes[0].ran().as_dict(),
+        "cost": asdict(model.cost),
     }
 
 
@@ -240,21 +227,13 @@ def decoder_measured(scene: dict) -> int:
     )
 
 
-def cost_terms(cost: MemoryCost) -> dict:
-    return {
-        "site_bytes": list(cost.site_bytes),
-        "stage_bytes": list(cost.stage_bytes),
-        "base_bytes_per_pixel": cost.base_bytes_per_pixel,
-        "base_bytes": cost.base_bytes,
-    }
-
-
 def measure_calibration(config: dict) -> dict:
     model, card = load_model(config["weights"], config["model"])
-    cost = calibrate(model, "cpu")
+    # The widths travel with the cost, so that the report can split it into its terms.
+    cost = replace(calibrate(model, "cpu"), decoder_widths=tuple(model.config.decoder_widths))
     return {
         "status": "ok",
-        "cost": cost_terms(cost),
+        "cost": asdict(cost),
         "min_budget_bytes": {f"{h}x{w}": cost.min_budget_bytes(h, w) for h, w in config["sizes"]},
         "model_config": model.config.to_dict(),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -52,6 +52,9 @@ class MemoryCost:
     base_bytes_per_pixel: float
     base_bytes: int
     band_bytes_per_column: float = 0.0
+    # The widths the per-site terms were derived from; `terms` needs them (`analytic` sets
+    # them, a cost built from measured numbers may carry them).
+    decoder_widths: tuple[int, ...] = ()
 
     @classmethod
     def analytic(cls, decoder_widths: tuple[int, ...], encoder_widths: tuple[int, ...]):
@@ -68,7 +71,14 @@ class MemoryCost:
         per_pixel = (
             3 + FLOAT_BYTES * encoder_widths[0] / 4 + 2 * FLOAT_BYTES * encoder_widths[1] / 16
         )
-        return cls(site_bytes, stage_bytes, per_pixel, 0, band_bytes_per_column(encoder_widths))
+        return cls(
+            site_bytes,
+            stage_bytes,
+            per_pixel,
+            0,
+            band_bytes_per_column(encoder_widths),
+            tuple(decoder_widths),
+        )
 
     def min_budget_bytes(self, height: int, width: int) -> int:
         """The peak of an inference that propagates nothing: no budget below it can hold."""
@@ -85,6 +95,38 @@ class MemoryCost:
             (self.stage_bytes[level] + self.site_bytes[level] * count) if count else 0
             for level, count in enumerate(active_sites)
         ]
+
+    def terms(self, active_sites: list[int]) -> list[dict]:
+        """What each sparse level's predicted bytes are made of, for the given active sites:
+        activations (the live floats of a sparse block, plus a parent's floats per child),
+        rulebook (index pairs), coordinates, the fixed filter copies, and what calibration
+        measured on top of the analytic per-site bytes. Level 0 (dense) and empty levels give
+        their sites only. The analytic terms are those of `analytic`."""
+        if not self.decoder_widths:
+            raise ValueError(
+                "terms need the decoder widths: build the cost with MemoryCost.analytic, or "
+                "set decoder_widths (dataclasses.replace(cost, decoder_widths=...))"
+            )
+        widths = self.decoder_widths
+        rows = []
+        for level, sites in enumerate(active_sites):
+            if level == 0 or sites == 0:
+                rows.append({"level": level, "sites": sites})
+                continue
+            activations = FLOAT_BYTES * LIVE_TENSORS_PER_SITE * widths[level] + widths[level - 1]
+            analytic = activations + RULEBOOK_BYTES_PER_SITE + COORD_BYTES_PER_SITE
+            rows.append(
+                {
+                    "level": level,
+                    "sites": sites,
+                    "activations_bytes": sites * activations,
+                    "rulebook_bytes": sites * RULEBOOK_BYTES_PER_SITE,
+                    "coords_bytes": sites * COORD_BYTES_PER_SITE,
+                    "filters_bytes": self.stage_bytes[level],
+                    "calibration_extra_bytes": sites * max(self.site_bytes[level] - analytic, 0),
+                }
+            )
+        return rows
 
 
 def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512))) -> MemoryCost:

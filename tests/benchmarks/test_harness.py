@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from benchmarks import run
-from benchmarks.measure import confusion, mean_iou, schedule
-from benchmarks.report import growth_exponent
+from benchmarks.analysis import growth_exponent
+from benchmarks.measure import schedule
 from model.data import CLASSES, PALETTE
+from model.evaluate import confusion, mean_iou
 from model.qgn import qgn_tiny
 from model.weights import save_weights
 
@@ -96,6 +97,45 @@ def test_fits_targets_markdown_and_plots_are_written(quick_run):
     assert "met" in markdown or "MISSED" in markdown
     for name in report["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+TERMS = ("activations", "rulebook", "coords", "filters", "calibration_extra")
+
+
+def test_the_profile_splits_the_cost_each_level_ran_with(quick_run):
+    """The report's cost terms are the cost model's own: per sparse level they add up to the
+    decoder bytes the run predicted, with the calibrated cost the child ran with."""
+    report, _ = quick_run
+    size = report["profile"]["size"]
+    (all_,) = (
+        r for r in report["results"] if r["name"] == "all" and f"{r['height']}x{r['width']}" == size
+    )
+    assert all_["cost"] == report["calibration"]["cost"]
+    worst = max(all_["per_scene"], key=lambda scene: scene["peak_bytes"])
+    rows = report["profile"]["cost_terms"]["all"]
+    assert [row["sites"] for row in rows] == worst["active_sites"]
+    for row, predicted in zip(rows[1:], all_["decoder_bytes_per_level"][1:], strict=True):
+        assert sum(row[f"{term}_bytes"] for term in TERMS) == predicted
+
+
+def test_cost_terms_are_the_analytic_terms_plus_what_calibration_added():
+    from dataclasses import replace
+
+    from model.cost import MemoryCost
+
+    cost = MemoryCost.analytic((32, 32, 24, 16, 16, 8), (8, 16, 24, 32, 48))
+    sites = [10, 40, 0, 300, 1000, 4000]
+    rows = cost.terms(sites)
+    assert rows[0] == {"level": 0, "sites": 10} and rows[2] == {"level": 2, "sites": 0}
+    for row, predicted in zip(rows, cost.decoder_bytes(sites), strict=True):
+        if "activations_bytes" in row:
+            assert row["calibration_extra_bytes"] == 0
+            assert sum(row[f"{term}_bytes"] for term in TERMS) == predicted
+    measured = replace(cost, site_bytes=[b + 100 for b in cost.site_bytes])
+    extra = [row.get("calibration_extra_bytes") for row in measured.terms(sites)]
+    assert extra == [None, 100 * 40, None, 100 * 300, 100 * 1000, 100 * 4000]
+    with pytest.raises(ValueError, match="decoder widths"):
+        MemoryCost(cost.site_bytes, cost.stage_bytes, 1.0, 0).terms(sites)
 
 
 def test_growth_exponent_recovers_known_powers():
