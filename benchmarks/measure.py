@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +230,7 @@ def decoder_measured(scene: dict) -> int:
 def measure_calibration(config: dict) -> dict:
     model, card = load_model(config["weights"], config["model"])
     # The widths travel with the cost, so that the report can split it into its terms.
-    cost = replace(calibrate(model, "cpu"), decoder_widths=tuple(model.config.decoder_widths))
+    cost = calibrate(model, "cpu")
     return {
         "status": "ok",
         "cost": asdict(cost),

@@ -157,4 +157,6 @@ def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512)))
     band = band_bytes_per_column(model.config.encoder_widths)
     per_pixel = 1.02 * max(peak / pixels for pixels, peak in base)
     fixed = 0
-    return MemoryCost(site_bytes, analytic.stage_bytes, per_pixel, fixed, band)
+    return MemoryCost(
+        site_bytes, analytic.stage_bytes, per_pixel, fixed, band, analytic.decoder_widths
+    )

@@ -16,14 +16,35 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 
+def _returns_kind(func) -> str:
+    """How an op's outputs relate to its inputs, from its schema: "inplace" (they are
+    inputs written in place, or `out=`: nothing new), "fresh" (new storages) or "maybe" (an
+    alias of the input, as a view is, or a copy, as `to` and `reshape` may make)."""
+    returns = func._schema.returns
+    if returns and all(r.alias_info is not None and r.alias_info.is_write for r in returns):
+        return "inplace"
+    if all(r.alias_info is None for r in returns):
+        return "fresh"
+    return "maybe"
+
+
 class CpuAllocationTracker(TorchDispatchMode):
-    """Counts the bytes of live tensor storages created while the mode is active."""
+    """Counts the bytes of live tensor storages created while the mode is active.
+
+    It runs on every op, so it does as little as it can per op: what an op's outputs are is
+    read once from its schema and cached (in-place ops are skipped at once, a fresh output is
+    counted without looking at the inputs), and only ops that may or may not alias an input
+    compare storages.
+    """
+
+    _kinds: ClassVar[dict] = {}
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,18 +56,30 @@ class CpuAllocationTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        # Views and in-place results share an input's storage: nothing new was allocated, and
-        # a finaliser on a long-lived storage (a view of the weights) would never run.
-        inputs = {
-            leaf.untyped_storage().data_ptr()
-            for leaf in tree_leaves((args, kwargs))
-            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu"
-        }
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu":
-                storage = leaf.untyped_storage()
-                if storage.data_ptr() not in inputs:
-                    self._track(storage)
+        kind = self._kinds.get(func)
+        if kind is None:
+            kind = self._kinds[func] = _returns_kind(func)
+        if kind == "inplace":
+            return out
+        outputs = (out,) if type(out) is torch.Tensor else tree_leaves(out)
+        inputs = None
+        for leaf in outputs:
+            if not isinstance(leaf, torch.Tensor) or leaf.device.type != "cpu":
+                continue
+            storage = leaf.untyped_storage()
+            if kind == "maybe":
+                # Views and in-place results share an input's storage: nothing new was
+                # allocated, and a finaliser on a long-lived storage (a view of the weights)
+                # would never run.
+                if inputs is None:
+                    inputs = {
+                        arg.untyped_storage().data_ptr()
+                        for arg in tree_leaves((args, kwargs))
+                        if isinstance(arg, torch.Tensor) and arg.device.type == "cpu"
+                    }
+                if storage.data_ptr() in inputs:
+                    continue
+            self._track(storage)
         return out
 
     def _track(self, storage: torch.UntypedStorage) -> None:

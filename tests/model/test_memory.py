@@ -1,6 +1,10 @@
 import torch
+from torch.utils._pytree import tree_leaves
 
-from model.memory import MemoryProbe, measure
+from model import memory
+from model.memory import CpuAllocationTracker, MemoryProbe, measure
+from model.qgn import qgn_tiny
+from model.schemes import All, Budget, PredictedComposite, Threshold
 
 
 def test_tracker_counts_live_storages_exactly():
@@ -44,3 +48,35 @@ def test_same_work_same_peak():
         return probe.peak_bytes
 
     assert work() == work() == 2 * 8 * 64 * 64 * 4 + 8 * 8 * 9 * 4
+
+
+class EveryOpTracker(CpuAllocationTracker):
+    """The obvious tracker, for reference: on every op, every CPU output whose storage is not
+    an input's is counted."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            leaf.untyped_storage().data_ptr()
+            for leaf in tree_leaves((args, kwargs))
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu"
+        }
+        for leaf in tree_leaves(out):
+            if not isinstance(leaf, torch.Tensor) or leaf.device.type != "cpu":
+                continue
+            if leaf.untyped_storage().data_ptr() not in inputs:
+                self._track(leaf.untyped_storage())
+        return out
+
+
+def test_the_fast_tracker_measures_what_the_obvious_one_does(monkeypatch):
+    model = qgn_tiny(num_classes=5).eval()
+    generator = torch.Generator().manual_seed(4)
+    image = torch.randint(0, 256, (70, 90, 3), dtype=torch.uint8, generator=generator)
+    schemes = [All, PredictedComposite, lambda: Threshold(0.4), lambda: Budget(400_000)]
+    fast = [model.predict(image, make()) for make in schemes]
+    monkeypatch.setattr(memory, "CpuAllocationTracker", EveryOpTracker)
+    obvious = [model.predict(image, make()) for make in schemes]
+    for a, b in zip(fast, obvious, strict=True):
+        assert a.peak_bytes == b.peak_bytes > 0
+        assert a.phase_peaks == b.phase_peaks and a.phase_starts == b.phase_starts
