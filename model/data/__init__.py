@@ -99,13 +99,7 @@ def _files(name: str, module: str, loader: str) -> DatasetBuilder:
     """A builder for a dataset read from files; its module is imported only when asked
     for (the Cityscapes one needs `cityscapesscripts`)."""
 
-    def build(
-        split: str,
-        root: str | Path | None,
-        height: int | None,
-        width: int | None,
-        transform: PairTransform | None,
-    ) -> Dataset:
+    def build(split, root, height, width, transform) -> Dataset:  # a DatasetBuilder
         dataset = getattr(importlib.import_module(module), loader)
         return dataset(_require_root(name, root), split, _resized(height, width, transform))
 
