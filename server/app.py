@@ -27,8 +27,8 @@ from server.errors import (
 )
 from server.inference import Engine, pick_device
 from server.metrics import Metrics
-from server.middleware import SegmentMetricsMiddleware
-from server.routes import health, model, segment
+from server.middleware import RequestMetricsMiddleware
+from server.routes import health, model, segment, v2
 from server.settings import Settings, get_settings
 
 log = logging.getLogger("qgn.server")
@@ -58,10 +58,7 @@ def create_app(
         engine = Engine(model_, card, device, settings, metrics)
         app.state.engine = engine
         metrics.model_info.labels(
-            card.get("name", "qgn"),
-            str(card.get("version", "0")),
-            device.type,
-            card["weights_sha256"],
+            engine.name, engine.version, device.type, card["weights_sha256"]
         ).set(1)
         warm = threading.Thread(target=_prepare, args=(engine,), name="qgn-warm-up", daemon=True)
         warm.start()
@@ -81,9 +78,9 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    for router in (segment.router, model.router, health.router):
+    for router in (segment.router, model.router, health.router, v2.router):
         app.include_router(router)
     app.add_middleware(
-        SegmentMetricsMiddleware, metrics=metrics, default_scheme=settings.default_scheme
+        RequestMetricsMiddleware, metrics=metrics, default_scheme=settings.default_scheme
     )
     return app

@@ -1,4 +1,9 @@
-"""Errors as the API promises them: JSON `{"error": {"code", "message", ...}}`."""
+"""Errors as the API promises them: JSON `{"error": {"code", "message", ...}}` on `/v1`, and
+the Open Inference Protocol's `{"error": "message"}` under `/v2`.
+
+The V2 protocol has one status for a bad tensor, image or parameter: 400. So the 415 and 422
+that `/v1` answers for those become 400 under `/v2`; every other status is the same.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import logging
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("qgn.server")
+V2_STATUS = {415: 400, 422: 400}  # /v1's status -> the V2 one, where they differ
 
 
 class ApiError(Exception):
@@ -34,9 +41,24 @@ class ApiError(Exception):
         body = {"error": {"code": self.code, "message": self.message, **self.extra}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
+    def v2_response(self) -> JSONResponse:
+        status = V2_STATUS.get(self.status, self.status)
+        return JSONResponse({"error": self.message}, status_code=status, headers=self.headers)
 
-def validation_error(error: RequestValidationError) -> ApiError:
-    """FastAPI's parameter errors, said in one line per bad field."""
+
+def is_v2(request: Request) -> bool:
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def respond(request: Request, error: ApiError) -> JSONResponse:
+    """The error in the form of the API the request was made to."""
+    return error.v2_response() if is_v2(request) else error.response()
+
+
+def validation_error(error: RequestValidationError | ValidationError) -> ApiError:
+    """FastAPI's parameter errors (or pydantic's, for a body a route parses itself), said in
+    one line per bad field."""
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("query", "body"))
@@ -44,22 +66,22 @@ def validation_error(error: RequestValidationError) -> ApiError:
     return ApiError(422, "invalid_parameter", "; ".join(parts) or "invalid request")
 
 
-async def api_error_handler(_: Request, error: ApiError) -> JSONResponse:
-    return error.response()
+async def api_error_handler(request: Request, error: ApiError) -> JSONResponse:
+    return respond(request, error)
 
 
-async def http_error_handler(_: Request, error: StarletteHTTPException) -> JSONResponse:
+async def http_error_handler(request: Request, error: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed"}
     code = codes.get(error.status_code, "http_error")
-    return ApiError(
-        error.status_code, code, str(error.detail), dict(error.headers or {})
-    ).response()
+    return respond(
+        request, ApiError(error.status_code, code, str(error.detail), dict(error.headers or {}))
+    )
 
 
-async def unexpected_error_handler(_: Request, error: Exception) -> JSONResponse:
+async def unexpected_error_handler(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=error)
-    return ApiError(500, "internal_error", "an internal error occurred").response()
+    return respond(request, ApiError(500, "internal_error", "an internal error occurred"))
 
 
-async def validation_error_handler(_: Request, error: RequestValidationError) -> JSONResponse:
-    return validation_error(error).response()
+async def validation_error_handler(request: Request, error: RequestValidationError) -> JSONResponse:
+    return respond(request, validation_error(error))

@@ -1,5 +1,8 @@
 """Uploaded bytes -> an RGB uint8 array, with every limit checked before pixels are decoded.
 
+The body is read with its size limit enforced while it streams in (`read_body`, for `/v1` and
+`/v2` alike).
+
 Pillow reads only the header on `Image.open`, so the pixel limit is judged from the declared
 size before any pixel buffer exists: a decompression bomb is refused without allocating.
 Palette, grey, 16-bit, RGBA and CMYK images become RGB; EXIF orientation is applied;
@@ -12,6 +15,7 @@ import io
 import warnings
 
 import numpy as np
+from fastapi import Request
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.errors import ApiError
@@ -86,6 +90,22 @@ def decode_rgb(image: Image.Image) -> np.ndarray:
         raise
     except Exception as error:
         raise ApiError(400, "undecodable_image", f"the image data is broken: {error}") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(
+            413, "upload_too_large", f"the body has {declared} bytes; the limit is {limit}"
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "upload_too_large", f"the body passed the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def load_image(data: bytes, max_pixels: int) -> np.ndarray:

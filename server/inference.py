@@ -81,6 +81,15 @@ class Engine:
                 self._oom_to_inject,
             )
 
+    @property
+    def name(self) -> str:
+        """The served model's name (the card's), as `/v1/model` and `/v2/models` say it."""
+        return self.card.get("name", "qgn")
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", "0"))
+
     # Admission ---------------------------------------------------------------------------
     def retry_after_s(self) -> int:
         typical = float(np.median(self._recent_seconds)) if self._recent_seconds else 1.0
@@ -190,7 +199,6 @@ class Engine:
                 f"the device ran out of memory, also when retried under {budget:.1f} MiB; "
                 f"send a smaller image or a smaller budget",
             ) from None
-        self.metrics.degraded.labels(request.name).inc()
         return replace(prediction, scheme=replace(prediction.scheme, degraded=True))
 
     def _predict(self, image: np.ndarray, scheme: Scheme) -> Prediction:

@@ -1,8 +1,17 @@
-"""The Prometheus metrics of QGN Serve, defined once, registered in a registry passed in."""
+"""The Prometheus metrics of QGN Serve, defined once, registered in a registry passed in.
+
+The per-request metrics carry `api`: "v1" for `/v1/segment`, "v2" for the Open Inference
+Protocol's infer; queue and in-flight gauges count the requests of both.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from model.qgn import Prediction
 
 MIB = 2**20
 # 1 MiB to 64 GiB in powers of two: peak memory per request spans that range across schemes,
@@ -10,6 +19,7 @@ MIB = 2**20
 PEAK_MEMORY_BUCKETS = tuple(float(MIB * 2**k) for k in range(17))
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 FRACTION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9, 1.0)
+APIS = ("v1", "v2")
 
 
 class Metrics:
@@ -17,62 +27,76 @@ class Metrics:
         self.registry = registry
         self.requests = Counter(
             "qgn_requests",
-            "Segment responses by scheme and status code.",
-            ["scheme", "code"],
+            "Inference responses by API, scheme and status code.",
+            ["api", "scheme", "code"],
             registry=registry,
         )
         self.request_duration = Histogram(
             "qgn_request_duration_seconds",
-            "End-to-end time of a segment request.",
-            ["scheme"],
+            "End-to-end time of an inference request.",
+            ["api", "scheme"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.inference_duration = Histogram(
             "qgn_inference_duration_seconds",
-            "Model time of a segment request.",
-            ["scheme"],
+            "Model time of an inference request.",
+            ["api", "scheme"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.peak_memory = Histogram(
             "qgn_inference_peak_memory_bytes",
             "Peak bytes allocated by one inference.",
-            ["scheme"],
+            ["api", "scheme"],
             buckets=PEAK_MEMORY_BUCKETS,
             registry=registry,
         )
         self.active_fraction = Histogram(
             "qgn_active_site_fraction",
             "Active sites over in-image sites, per quadtree level.",
-            ["level"],
+            ["api", "level"],
             buckets=FRACTION_BUCKETS,
             registry=registry,
         )
         self.inflight = Gauge(
-            "qgn_inflight_requests", "Segment requests being handled.", registry=registry
+            "qgn_inflight_requests", "Inference requests being handled.", registry=registry
         )
         self.queue_depth = Gauge(
-            "qgn_queue_depth", "Segment requests waiting for the device.", registry=registry
+            "qgn_queue_depth", "Inference requests waiting for the device.", registry=registry
         )
         self.budget_capped = Counter(
             "qgn_budget_capped",
             "Requests run under the server memory budget instead.",
-            ["scheme"],
+            ["api", "scheme"],
             registry=registry,
         )
         self.degraded = Counter(
             "qgn_degraded",
             "Requests retried under a tighter budget after running out of memory.",
-            ["scheme"],
+            ["api", "scheme"],
             registry=registry,
         )
-        for scheme in ("all", "pc", "threshold", "budget"):  # zeros, not "no data", at start
-            self.budget_capped.labels(scheme)
-            self.degraded.labels(scheme)
+        for api in APIS:  # zeros, not "no data", at start
+            for scheme in ("all", "pc", "threshold", "budget"):
+                self.budget_capped.labels(api, scheme)
+                self.degraded.labels(api, scheme)
         self.model_info = Gauge(
             "qgn_model_info",
             "The served model (value 1).",
             ["name", "version", "device", "weights_sha256"],
             registry=registry,
         )
+
+    def observe(self, api: str, requested: str, prediction: Prediction) -> None:
+        """One inference's cost, under the scheme that ran (`requested` names the scheme asked
+        for: a degraded request ran a budget instead)."""
+        ran = prediction.scheme
+        self.inference_duration.labels(api, ran.name).observe(prediction.latency_s)
+        self.peak_memory.labels(api, ran.name).observe(prediction.peak_bytes)
+        for level, fraction in enumerate(prediction.active_fraction):
+            self.active_fraction.labels(api, str(level)).observe(fraction)
+        if ran.capped:
+            self.budget_capped.labels(api, ran.name).inc()
+        if ran.degraded:
+            self.degraded.labels(api, requested).inc()

@@ -16,8 +16,8 @@ router = APIRouter()
 def model_info(engine: LoadedEngine) -> ModelInfo:
     settings, card = engine.settings, engine.card
     return ModelInfo(
-        name=card.get("name", "qgn"),
-        version=str(card.get("version", "0")),
+        name=engine.name,
+        version=engine.version,
         weights_sha256=card["weights_sha256"],
         device=engine.device.type,
         classes=card["classes"],

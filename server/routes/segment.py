@@ -18,7 +18,7 @@ from starlette.formparsers import MultiPartParser
 from model.qgn import BLOCK_SIZES, LEVELS
 from server.deps import ReadyEngine, RequestedScheme
 from server.errors import ApiError
-from server.images import check_content_type, load_image
+from server.images import check_content_type, load_image, read_body
 from server.inference import SegmentResult
 from server.schemas import ErrorResponse, MaskPayload, Quadtree, SegmentResponse, Stats
 
@@ -53,22 +53,6 @@ ERRORS = {
         507: "the device ran out of memory, also under a tighter budget",
     }.items()
 }
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(
-            413, "upload_too_large", f"the body has {declared} bytes; the limit is {limit}"
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "upload_too_large", f"the body passed the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def image_bytes(request: Request, limit: int) -> bytes:
@@ -126,20 +110,9 @@ async def segment(
     image = await run_in_threadpool(load_image, data, settings.max_pixels)
     del data
     result = await engine.segment(image, wanted)
-    _observe(request, result)
+    request.state.peak_memory_bytes = result.prediction.peak_bytes
+    request.app.state.metrics.observe("v1", wanted.name, result.prediction)
     return _response(result, format, engine.card["classes"])
-
-
-def _observe(request: Request, result: SegmentResult) -> None:
-    metrics, prediction = request.app.state.metrics, result.prediction
-    scheme = prediction.scheme.name
-    request.state.peak_memory_bytes = prediction.peak_bytes
-    metrics.inference_duration.labels(scheme).observe(prediction.latency_s)
-    metrics.peak_memory.labels(scheme).observe(prediction.peak_bytes)
-    for level, fraction in enumerate(prediction.active_fraction):
-        metrics.active_fraction.labels(str(level)).observe(fraction)
-    if prediction.scheme.capped:
-        metrics.budget_capped.labels(scheme).inc()
 
 
 def _response(result: SegmentResult, format: str, classes: list[str]):

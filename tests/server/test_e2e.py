@@ -118,8 +118,8 @@ def test_real_server_segments_png_and_jpeg_with_every_scheme(server):
         "qgn_degraded",
     ):
         assert metric in text, metric
-    assert 'qgn_requests_total{code="200",scheme="budget"} 2.0' in text
-    assert 'qgn_requests_total{code="200",scheme="pc"} 3.0' in text
+    assert 'qgn_requests_total{api="v1",code="200",scheme="budget"} 2.0' in text
+    assert 'qgn_requests_total{api="v1",code="200",scheme="pc"} 3.0' in text
     log = server.log.read_text()
     assert '"path": "/v1/segment"' in log and '"peak_memory_bytes": ' in log
 

@@ -67,7 +67,7 @@ def test_out_of_memory_retries_under_a_tighter_budget_then_gives_507(tiny_weight
         ).json()
         assert body["degraded"] is True and body["scheme"] == "budget" and body["budget_mb"] > 0
         assert body["stats"]["peak_memory_bytes"] <= body["budget_mb"] * 2**20
-        assert 'qgn_degraded_total{scheme="all"} 1.0' in client.get("/metrics").text
+        assert 'qgn_degraded_total{api="v1",scheme="all"} 1.0' in client.get("/metrics").text
 
         failures["left"] = 2
         response = client.post("/v1/segment?scheme=pc", content=encode(scene_image()), headers=PNG)

@@ -275,14 +275,14 @@ def test_every_metric_counts_the_requests(client):
     post(client, b"", "?scheme=pc")
     text = client.get("/metrics").text
     for name in (
-        'qgn_requests_total{code="200",scheme="all"}',
-        'qgn_requests_total{code="422",scheme="none"}',
-        'qgn_requests_total{code="400",scheme="pc"}',
-        'qgn_request_duration_seconds_count{scheme="all"}',
-        'qgn_inference_duration_seconds_count{scheme="all"}',
-        'qgn_inference_peak_memory_bytes_bucket{le="1.048576e+06",scheme="all"}',
-        'qgn_inference_peak_memory_bytes_bucket{le="6.8719476736e+10",scheme="all"}',
-        'qgn_active_site_fraction_count{level="5"}',
+        'qgn_requests_total{api="v1",code="200",scheme="all"}',
+        'qgn_requests_total{api="v1",code="422",scheme="none"}',
+        'qgn_requests_total{api="v1",code="400",scheme="pc"}',
+        'qgn_request_duration_seconds_count{api="v1",scheme="all"}',
+        'qgn_inference_duration_seconds_count{api="v1",scheme="all"}',
+        'qgn_inference_peak_memory_bytes_bucket{api="v1",le="1.048576e+06",scheme="all"}',
+        'qgn_inference_peak_memory_bytes_bucket{api="v1",le="6.8719476736e+10",scheme="all"}',
+        'qgn_active_site_fraction_count{api="v1",level="5"}',
         "qgn_inflight_requests 0.0",
         "qgn_queue_depth 0.0",
         'qgn_model_info{device="cpu",name="qgn-test"',
@@ -307,7 +307,7 @@ def test_server_memory_cap_runs_requests_under_it(tiny_weights):
         assert small["capped"] is False and small["budget_mb"] is None
         assert capped.get("/v1/model").json()["memory_budget_mb"] == cap_mb
         text = capped.get("/metrics").text
-        assert 'qgn_budget_capped_total{scheme="all"} 1.0' in text
-        assert 'qgn_budget_capped_total{scheme="budget"} 1.0' in text
+        assert 'qgn_budget_capped_total{api="v1",scheme="all"} 1.0' in text
+        assert 'qgn_budget_capped_total{api="v1",scheme="budget"} 1.0' in text
         huge = encode(np.zeros((2048, 2048, 3), dtype=np.uint8))
         error_of(post(capped, huge, "?scheme=pc"), 413, "over_memory_budget")
