@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
+
+from server.app import create_app
+from server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -155,7 +159,7 @@ def test_dashboard_has_the_panels_the_issue_asks_for():
         "histogram_quantile(0.95, sum by (scheme, le) (rate(qgn_inference_peak_memory_bytes_bucket",
         "histogram_quantile(1, sum by (scheme, le) (rate(qgn_inference_peak_memory_bytes_bucket",
         "histogram_quantile(0.99, sum by (scheme, le) (rate(qgn_request_duration_seconds_bucket",
-        "sum by (code) (rate(qgn_requests_total",
+        "sum by (api, code) (rate(qgn_requests_total",
         "qgn_active_site_fraction_sum",
         "qgn_queue_depth",
         "qgn_inflight_requests",
@@ -202,3 +206,46 @@ def test_k8s_service_selects_the_pods():
     assert service["spec"]["selector"].items() <= pod_labels.items()
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == "http"
+
+
+def test_kserve_inferenceservice_runs_the_deployments_pod_on_v2_health():
+    """The KServe manifest is the Deployment's pod under KServe: same image, settings, GPU
+    and user, probed on the V2 health routes the server really serves."""
+    (service,) = list(
+        yaml.safe_load_all((DOCKER / "k8s" / "kserve" / "inferenceservice.yaml").read_text())
+    )
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert service["kind"] == "InferenceService"
+    annotations = service["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert annotations["prometheus.kserve.io/port"] == str(PORT)
+    assert annotations["prometheus.kserve.io/path"] == "/metrics"
+
+    predictor = service["spec"]["predictor"]
+    assert predictor["minReplicas"] >= 1  # warm-up takes a while: never scaled to zero
+    security = predictor["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == UID
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["ports"] == [{"containerPort": PORT, "protocol": "TCP"}]
+
+    deployment = k8s_objects()["Deployment"]
+    (pod,) = deployment["spec"]["template"]["spec"]["containers"]
+    for key in ("image", "env", "resources", "securityContext"):
+        assert container[key] == pod[key], key
+    assert predictor["tolerations"] == deployment["spec"]["template"]["spec"]["tolerations"]
+
+    probes = {
+        name: container[name]["httpGet"]
+        for name in ("startupProbe", "livenessProbe", "readinessProbe")
+    }
+    assert probes["readinessProbe"] == {"path": "/v2/health/ready", "port": PORT}
+    assert (
+        probes["livenessProbe"]
+        == probes["startupProbe"]
+        == {"path": "/v2/health/live", "port": PORT}
+    )
+    served = create_app(Settings(), CollectorRegistry()).openapi()["paths"]
+    for probe in probes.values():
+        assert "get" in served[probe["path"]], probe

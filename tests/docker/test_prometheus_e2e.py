@@ -1,14 +1,16 @@
 """A real `qgn serve` process scraped by a real Prometheus, queried like the dashboard does.
 
 What it shows: the metrics the server exports are what docker/prometheus.yml scrapes, the
-memory per request that Prometheus computes is larger under `all` than under `pc`, and every
-PromQL expression of the Grafana dashboard evaluates on real data to a finite number.
+memory per request that Prometheus computes is larger under `all` than under `pc`, requests to
+`/v1` and to the Open Inference Protocol's `/v2` are counted apart (`api`), and every PromQL
+expression of the Grafana dashboard evaluates on real data to a finite number.
 Everything runs on loopback; every wait is bounded; both processes are stopped at the end.
 Needs the `prometheus` binary (Debian: `apt-get install -y prometheus`); skipped without it.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -39,6 +41,7 @@ DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "qgn-memory.json"
 CLASSES = [f"class{i}" for i in range(12)]
 PALETTE = [[(37 * i) % 256, (91 * i) % 256, (173 * i) % 256] for i in range(12)]
 REQUESTS_PER_SCHEME = 4  # after one first request per scheme
+V2_REQUESTS = 2  # V2 infer under pc, after the /v1 ones
 
 
 def free_port() -> int:
@@ -83,6 +86,18 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def v2_request(image: bytes, scheme: str) -> bytes:
+    """A V2 infer body in pure JSON: the encoded image in base64."""
+    tensor = {
+        "name": "image",
+        "datatype": "BYTES",
+        "shape": [1],
+        "parameters": {"content_type": "base64"},
+        "data": [base64.b64encode(image).decode("ascii")],
+    }
+    return json.dumps({"parameters": {"scheme": scheme}, "inputs": [tensor]}).encode()
 
 
 def png(height: int, width: int, seed: int) -> bytes:
@@ -206,8 +221,13 @@ def scraped(tmp_path_factory) -> Iterator[Prometheus]:
                 segment(scheme, seed)
         status, _ = http(f"{server}/v1/segment?scheme=pc", b"not a png", "image/png")
         assert status == 400
+        for seed in range(V2_REQUESTS):
+            url = f"{server}/v2/models/qgn-test/infer"
+            status, body = http(url, v2_request(png(128, 256, seed), "pc"), "application/json")
+            assert status == 200, f"V2: HTTP {status} {body[:300]!r}"
         total = REQUESTS_PER_SCHEME + 1
-        wait_for("all requests scraped", seen({"all": total, "pc": total + 1}), 60, logs)
+        expected = {"all": total, "pc": total + 1 + V2_REQUESTS}
+        wait_for("all requests scraped", seen(expected), 60, logs)
         yield prometheus
     finally:
         for process in reversed(processes):
@@ -231,9 +251,13 @@ def test_all_takes_more_memory_per_request_than_pc(scraped):
     assert mean["all"] > mean["pc"] > 0, mean
 
 
-def test_requests_are_counted_by_code(scraped):
+def test_requests_are_counted_by_api_and_code(scraped):
     codes = scraped.values_by("sum by (code) (qgn_requests_total)", "code")
-    assert codes == {"200": 2 * (REQUESTS_PER_SCHEME + 1), "400": 1}
+    assert codes == {"200": 2 * (REQUESTS_PER_SCHEME + 1) + V2_REQUESTS, "400": 1}
+    ok = scraped.values_by('sum by (api) (qgn_requests_total{code="200"})', "api")
+    assert ok == {"v1": 2 * (REQUESTS_PER_SCHEME + 1), "v2": V2_REQUESTS}
+    peaks = scraped.values_by("sum by (api) (qgn_inference_peak_memory_bytes_count)", "api")
+    assert peaks == ok
 
 
 def test_every_dashboard_expr_evaluates_to_data(scraped):
