@@ -125,11 +125,10 @@ def image_of(parsed: ParsedRequest, max_upload_bytes: int, max_pixels: int) -> n
 def _bytes_element(parsed: ParsedRequest) -> bytes:
     if parsed.binary is not None:
         raw = parsed.binary
-        length = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else -1
-        if length != len(raw) - 4:
+        if len(raw) < 4 or int.from_bytes(raw[:4], "little") != len(raw) - 4:
             raise bad_tensor(
                 f"the binary data of a BYTES [1] tensor is a 4-byte little-endian length and "
-                f"that many bytes; got {len(raw)} bytes, declaring {max(length, 0)}"
+                f"that many bytes; these {len(raw)} bytes are not"
             )
         return raw[4:]
     tensor = parsed.image

@@ -115,13 +115,13 @@ def model_metadata(engine: ModelEngine) -> ModelMetadata:
     )
 
 
-def model_ready(_: ModelEngine, __: ReadyEngine) -> Response:
+def model_ready(_model: ModelEngine, _ready: ReadyEngine) -> Response:
     return Response()
 
 
 async def infer(
     request: Request,
-    _: ModelEngine,
+    _model: ModelEngine,
     engine: ReadyEngine,
     header_length: Annotated[
         int | None,
