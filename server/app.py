@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,7 +29,8 @@ from server.errors import (
 from server.inference import Engine, pick_device
 from server.metrics import Metrics
 from server.middleware import RequestMetricsMiddleware
-from server.routes import health, model, segment, v2
+from server.recent import RecentRequests
+from server.routes import health, model, page, segment, v2
 from server.settings import Settings, get_settings
 
 log = logging.getLogger("qgn.server")
@@ -66,7 +68,10 @@ def create_app(
         warm.join()
         engine.shutdown()
 
-    app = FastAPI(
+    # /docs with Swagger UI's assets served from here (no CDN); ReDoc's bundle fetches its
+    # logo from a CDN, so there is no /redoc.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="QGN Serve",
         version="0.1.0",
         summary="Semantic segmentation as a quadtree; memory per request is a request parameter.",
@@ -74,12 +79,14 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.recent = RecentRequests()
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    for router in (segment.router, model.router, health.router, v2.router):
+    for router in (segment.router, model.router, health.router, v2.router, page.router):
         app.include_router(router)
+    app.mount("/static", page.static_files(), name="static")
     app.add_middleware(
         RequestMetricsMiddleware, metrics=metrics, default_scheme=settings.default_scheme
     )

@@ -110,6 +110,7 @@ async def segment(
     image = await run_in_threadpool(load_image, data, settings.max_pixels)
     del data
     result = await engine.segment(image, wanted)
+    request.app.state.recent.add(result.prediction)
     request.state.peak_memory_bytes = result.prediction.peak_bytes
     request.app.state.metrics.observe("v1", wanted.name, result.prediction)
     return _response(result, format, engine.card["classes"])
