@@ -44,9 +44,9 @@ def test_injected_out_of_memory_degrades_or_gives_507_and_the_queue_moves_on(
         assert normal.status_code == 200 and normal.json()["degraded"] is False
 
         text = server.http.get("/metrics").text
-        assert metric(text, 'qgn_degraded_total{scheme="all"}') == 1
-        assert metric(text, 'qgn_requests_total{code="507",scheme="pc"}') == 1
-        assert metric(text, 'qgn_requests_total{code="200",scheme="all"}') == 2
+        assert metric(text, 'qgn_degraded_total{api="v1",scheme="all"}') == 1
+        assert metric(text, 'qgn_requests_total{api="v1",code="507",scheme="pc"}') == 1
+        assert metric(text, 'qgn_requests_total{api="v1",code="200",scheme="all"}') == 2
         assert metric(text, "qgn_queue_depth") == 0
         assert metric(text, "qgn_inflight_requests") == 0
         assert "out of memory" in server.log.read_text()

@@ -135,7 +135,7 @@ def test_a_full_queue_refuses_cleanly_and_health_stays_quick(weights, tmp_path, 
         text = server.http.get("/metrics").text  # the server counted what the clients saw
         counted = {
             code: sum(
-                metric(text, f'qgn_requests_total{{code="{code}",scheme="{scheme}"}}')
+                metric(text, f'qgn_requests_total{{api="v1",code="{code}",scheme="{scheme}"}}')
                 for scheme in ("all", "pc")
             )
             for code in (200, 503)
