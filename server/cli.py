@@ -14,9 +14,11 @@ from server.errors import ApiError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Validates the settings, then runs uvicorn with one worker (one model per device)."""
+    """Validates the settings, sets torch's threads per worker, then runs uvicorn with one
+    process (one model per device; `QGN_WORKERS` are threads inside it)."""
     import logging
 
+    import torch
     import uvicorn
 
     from server.settings import Settings, SettingsError
@@ -32,6 +34,11 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    threads = settings.threads_per_worker()
+    torch.set_num_threads(threads)
+    logging.getLogger("qgn.server").info(
+        "%d inference worker(s), %d torch thread(s) each", settings.workers, threads
+    )
     config = uvicorn.Config(
         create_app(settings),
         host=args.host,

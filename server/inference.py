@@ -1,22 +1,24 @@
-"""The device side of the server: one worker thread per device behind a bounded queue.
+"""The device side of the server: N worker threads behind one bounded, admitting queue.
 
-Inference is serialised on a single worker, so each request's measured peak is its own (on
-CUDA the peak statistics are per device; on the CPU the tracker is per thread anyway). The
-queue holds at most `queue_size` admitted requests, waiting or running; past that a request
-is refused at once with 503 and a `Retry-After`. A request that outlives the timeout gets 504,
-and keeps its place until the device has really finished it, so the queue never over-fills.
+The queue holds at most `queue_size` requests, waiting or running; past that a request is
+refused at once with 503 and a `Retry-After`. A request is admitted to a worker when its
+predicted peak (`server.prediction`) fits in what the running ones leave of the device budget
+(`QGN_DEVICE_MEMORY_MB`), first come first served (`server.admission`); a request whose
+prediction alone exceeds that budget runs capped to it. Each request's measured peak is its
+own: the CPU tracker is per thread. A request that outlives the timeout gets 504, and keeps
+its place until the device has really finished it, so the queue never over-fills.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,9 +26,11 @@ import torch
 
 from model.qgn import QGN, Prediction
 from model.schemes import Budget, Scheme, SchemeRequest, make_scheme
+from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
 from server.images import encode_mask_png
 from server.metrics import Metrics
+from server.prediction import PeakPredictor
 from server.settings import Settings
 
 log = logging.getLogger("qgn.inference")
@@ -57,6 +61,26 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def device_memory_bytes(device: torch.device, settings: Settings) -> int:
+    """QGN_DEVICE_MEMORY_MB, or by default: on CUDA the device's free memory now (the weights
+    are loaded) less a reserve of 10 % of its total; on the CPU half the machine's memory."""
+    if settings.device_memory_mb is not None:
+        return math.ceil(min(settings.device_memory_mb * MIB, 2.0**62))  # 1e308 MiB: finite
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return max(MIB, free - total // 10)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+@dataclass
+class Work:
+    """What a worker runs: the image, the scheme asked for and the scheme planned for it."""
+
+    image: np.ndarray
+    request: SchemeRequest
+    scheme: Scheme
+
+
 class Engine:
     def __init__(
         self, model: QGN, card: dict, device: torch.device, settings: Settings, metrics: Metrics
@@ -66,7 +90,9 @@ class Engine:
         self.device = device
         self.settings = settings
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qgn-device")
+        self.predictor = PeakPredictor(model)
+        self.device_memory_bytes = device_memory_bytes(device, settings)
+        self.queue = AdmissionQueue(self.device_memory_bytes)
         self._lock = threading.Lock()
         self._admitted = 0
         self._recent_seconds: deque[float] = deque(maxlen=20)
@@ -80,6 +106,20 @@ class Engine:
                 self._oom_to_inject,
                 self._oom_to_inject,
             )
+        if device.type == "cuda" and settings.workers > 1:
+            log.warning(
+                "QGN_WORKERS=%d on CUDA: the allocator's peak statistics are per device, so a "
+                "request's peak_memory_bytes includes what the others held meanwhile",
+                settings.workers,
+            )
+        metrics.workers.set(settings.workers)
+        metrics.device_memory_budget.set(self.device_memory_bytes)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"qgn-worker-{index}", daemon=True)
+            for index in range(settings.workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @property
     def name(self) -> str:
@@ -93,9 +133,10 @@ class Engine:
     # Admission ---------------------------------------------------------------------------
     def retry_after_s(self) -> int:
         typical = float(np.median(self._recent_seconds)) if self._recent_seconds else 1.0
-        return max(1, math.ceil(typical * max(self._admitted, 1)))
+        return max(1, math.ceil(typical * max(self._admitted, 1) / self.settings.workers))
 
     def admit(self) -> None:
+        """Takes a place in the queue (waiting or running), or refuses with 503."""
         with self._lock:
             if self._admitted >= self.settings.queue_size:
                 raise ApiError(
@@ -117,19 +158,23 @@ class Engine:
         """The smallest budget an image of this size can run under, in MiB (rounded up)."""
         return math.ceil(self.model.cost.min_budget_bytes(height, width) / MIB * 100) / 100
 
-    def plan(self, request: SchemeRequest, height: int, width: int) -> Scheme:
-        """The scheme to run under the server's cap; 413/422 when no budget can hold this
-        image."""
+    def plan(self, image: np.ndarray, request: SchemeRequest) -> Job:
+        """The job to queue: the scheme under the server's cap, reserving its predicted peak;
+        413/422 when no budget can hold this image. A request predicted above the device
+        budget runs capped to it."""
+        height, width = image.shape[:2]
         floor = self.min_budget_mb(height, width)
         cap = self.settings.memory_budget_mb
-        if cap is not None and floor > cap:
-            raise ApiError(
-                413,
-                "over_memory_budget",
-                f"a {width}×{height} image needs at least {floor} MiB; this server caps every "
-                f"request at {cap} MiB",
-                min_budget_mb=floor,
-            )
+        device_mb = self.device_memory_bytes / MIB
+        for limit, what in ((cap, "caps every request at"), (device_mb, "has a device budget of")):
+            if limit is not None and floor > limit:
+                raise ApiError(
+                    413,
+                    "over_memory_budget",
+                    f"a {width}×{height} image needs at least {floor} MiB; this server {what} "
+                    f"{limit:g} MiB",
+                    min_budget_mb=floor,
+                )
         if request.name == "budget" and request.budget_mb < floor:
             raise ApiError(
                 422,
@@ -138,25 +183,30 @@ class Engine:
                 f"{width}×{height} image: {floor} MiB",
                 min_budget_mb=floor,
             )
-        return request.build(cap_mb=cap)
+        scheme = request.build(cap_mb=cap)
+        predicted = self.predictor.predict(request, height, width, cap)
+        if predicted > self.device_memory_bytes:
+            scheme = request.build(cap_mb=device_mb if cap is None else min(cap, device_mb))
+            predicted = self.device_memory_bytes
+        return Job(Work(image, request, scheme), predicted)
 
     # Running -----------------------------------------------------------------------------
     async def segment(self, image: np.ndarray, request: SchemeRequest) -> SegmentResult:
-        """Admits, runs on the device worker, and waits at most the request timeout."""
-        scheme = self.plan(request, image.shape[0], image.shape[1])
+        """Admits, waits for room on a worker, and waits at most the request timeout."""
+        job = self.plan(image, request)
         self.admit()
         try:
-            future = self.executor.submit(self._run, image, request, scheme)
-        except RuntimeError:  # the executor is shutting down
+            self.queue.put(job)
+        except RuntimeError:  # the engine is shutting down
             self._release()
             self.metrics.queue_depth.dec()
             raise ApiError(
                 503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"}
             ) from None
-        future.add_done_callback(self._release)
+        job.future.add_done_callback(self._finished)
         try:
             return await asyncio.wait_for(
-                asyncio.wrap_future(future), timeout=self.settings.request_timeout_s
+                asyncio.wrap_future(job.future), timeout=self.settings.request_timeout_s
             )
         except TimeoutError:
             raise ApiError(
@@ -166,44 +216,120 @@ class Engine:
                 f"{self.settings.request_timeout_s} s",
             ) from None
 
-    def _run(self, image, request: SchemeRequest, scheme: Scheme) -> SegmentResult:
-        self.metrics.queue_depth.dec()
-        start = time.perf_counter()
-        try:
-            prediction = self._predict(image, scheme)
-        except (torch.OutOfMemoryError, MemoryError) as error:
-            prediction = self._retry_tighter(image, request, error)
-        self._recent_seconds.append(time.perf_counter() - start)
-        mask_png = encode_mask_png(prediction.mask.numpy(), self.card["palette"])
-        return SegmentResult(prediction=prediction, mask_png=mask_png)
+    def _finished(self, future) -> None:
+        if future.cancelled():  # it timed out while waiting: it never ran
+            self.metrics.queue_depth.dec()
+        self._release()
 
-    def _retry_tighter(
-        self, image: np.ndarray, request: SchemeRequest, error: BaseException
-    ) -> Prediction:
-        """One retry under a budget of half what the device could not give; 507 if that
-        fails too. The prediction records that it was degraded."""
+    def _work(self) -> None:
+        """A worker: takes the head job once it fits, until the queue is closed and empty."""
+        while (job := self.queue.take()) is not None:
+            self.metrics.busy_workers.inc()
+            self.metrics.admitted_bytes.inc(job.reserved_bytes)
+            try:
+                self._run(job)
+            finally:
+                self.metrics.admitted_bytes.dec(job.reserved_bytes)
+                self.metrics.busy_workers.dec()
+                self.queue.done(job)
+
+    def _run(self, job: Job) -> None:
+        """Runs one job and settles its future; after an out-of-memory error the retry goes
+        back to the head of the queue, to be admitted like any request."""
+        work: Work = job.payload
+        if job.retry_of is None:
+            if not job.future.set_running_or_notify_cancel():
+                return
+            self.metrics.queue_depth.dec()
+        started = time.time()
+        try:
+            prediction = self._predict(work.image, work.scheme)
+        except (torch.OutOfMemoryError, MemoryError) as error:
+            self._free_device_memory()
+            if job.retry_of is None:
+                self._queue_retry(job, error)
+            else:
+                job.future.set_exception(self._out_of_memory(work.scheme))
+            return
+        except BaseException as error:
+            job.future.set_exception(error)
+            return
+        self._log_inference(job, started, prediction)
+        self._recent_seconds.append(prediction.latency_s)
+        self._learn(job, prediction)
+        if job.retry_of is not None:
+            prediction = replace(prediction, scheme=replace(prediction.scheme, degraded=True))
+        try:
+            mask_png = encode_mask_png(prediction.mask.numpy(), self.card["palette"])
+        except BaseException as error:
+            job.future.set_exception(error)
+            return
+        job.future.set_result(SegmentResult(prediction=prediction, mask_png=mask_png))
+
+    def _queue_retry(self, job: Job, error: BaseException) -> None:
+        """One retry under a budget of half what the device could not give (507 if that
+        fails too); the prediction records that it was degraded."""
+        work: Work = job.payload
+        image, request = work.image, work.request
         floor = self.min_budget_mb(image.shape[0], image.shape[1])
         in_force = cap = self.settings.memory_budget_mb
         if request.name == "budget":
             in_force = request.budget_mb if cap is None else min(request.budget_mb, cap)
         budget = max(floor, self._tighter_budget_mb(in_force, image))
+        budget = min(budget, max(floor, self.device_memory_bytes / MIB))
         log.warning("out of memory (%s); retrying under %.1f MiB", type(error).__name__, budget)
-        self._free_device_memory()
-        try:
-            prediction = self._predict(image, Budget.in_mib(budget))
-        except (torch.OutOfMemoryError, MemoryError):
-            self._free_device_memory()
-            raise ApiError(
-                507,
-                "out_of_memory",
-                f"the device ran out of memory, also when retried under {budget:.1f} MiB; "
-                f"send a smaller image or a smaller budget",
-            ) from None
-        return replace(prediction, scheme=replace(prediction.scheme, degraded=True))
+        retry = Job(
+            Work(image, request, Budget.in_mib(budget)),
+            math.ceil(min(budget * MIB, self.device_memory_bytes)),
+            job.future,
+            retry_of=error,
+        )
+        self.queue.put(retry, first=True)
+
+    @staticmethod
+    def _out_of_memory(scheme: Scheme) -> ApiError:
+        return ApiError(
+            507,
+            "out_of_memory",
+            f"the device ran out of memory, also when retried under "
+            f"{scheme.budget_mb:.1f} MiB; send a smaller image or a smaller budget",
+        )
+
+    def _learn(self, job: Job, prediction: Prediction) -> None:
+        """The prediction's error in the metrics; the predictor learns from runs as asked."""
+        work: Work = job.payload
+        height, width = work.image.shape[:2]
+        self.metrics.prediction_ratio.labels(prediction.scheme.name).observe(
+            prediction.peak_bytes / max(job.reserved_bytes, 1)
+        )
+        if job.retry_of is None and not prediction.scheme.capped:
+            self.predictor.observe(work.request, height, width, prediction.peak_bytes)
+        if self.device.type == "cuda":
+            self.metrics.device_peak_memory.set(torch.cuda.max_memory_allocated(self.device))
+
+    def _log_inference(self, job: Job, started: float, prediction: Prediction) -> None:
+        """One structured line per inference: which worker, when (epoch seconds), predicted
+        and measured bytes; the tests read overlaps from it."""
+        log.info(
+            json.dumps(
+                {
+                    "event": "inference",
+                    "worker": threading.current_thread().name,
+                    "start": round(started, 6),
+                    "end": round(time.time(), 6),
+                    "scheme": prediction.scheme.name,
+                    "threshold": prediction.scheme.threshold,
+                    "predicted_peak_bytes": job.reserved_bytes,
+                    "peak_memory_bytes": prediction.peak_bytes,
+                }
+            )
+        )
 
     def _predict(self, image: np.ndarray, scheme: Scheme) -> Prediction:
-        if self._oom_to_inject > 0:  # only the device worker thread gets here
-            self._oom_to_inject -= 1
+        with self._lock:  # several workers may get here
+            inject = self._oom_to_inject > 0
+            self._oom_to_inject -= inject
+        if inject:
             raise torch.OutOfMemoryError(f"simulated by {FAULT_INJECT_OOM} (a test hook)")
         return self.model.predict(image, scheme)
 
@@ -218,12 +344,21 @@ class Engine:
             torch.cuda.empty_cache()
 
     def warm_up(self) -> None:
-        """One inference per scheme kind on a small image, then the server is ready."""
+        """One inference per scheme kind on a small image, and `pc` on a larger scene of a
+        few regions (it seeds pc's prediction), then the server is ready."""
         image = np.zeros((64, 64, 3), dtype=np.uint8)
         image[:, 32:] = 200
         for name in ("all", "pc"):
             self.model.predict(image, make_scheme(name))
+        scene = np.full((256, 512, 3), (60, 120, 200), dtype=np.uint8)
+        scene[40:200, 100:260] = (200, 40, 40)
+        scene[150:, 300:] = (30, 160, 60)
+        run = self.model.predict(scene, make_scheme("pc"))
+        self.predictor.observe(SchemeRequest("pc"), 256, 512, run.peak_bytes)
         self.ready = True
 
     def shutdown(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=False)
+        """Drains: the workers finish every queued request, then stop."""
+        self.queue.close()
+        for worker in self._workers:
+            worker.join()

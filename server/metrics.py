@@ -19,6 +19,9 @@ MIB = 2**20
 PEAK_MEMORY_BUCKETS = tuple(float(MIB * 2**k) for k in range(17))
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 FRACTION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 0.9, 1.0)
+# Measured over predicted peak: below 1 the reservation held with room to spare, above 1 the
+# request took more than admission reserved for it.
+PREDICTION_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2)
 APIS = ("v1", "v2")
 
 
@@ -81,6 +84,34 @@ class Metrics:
             for scheme in ("all", "pc", "threshold", "budget"):
                 self.budget_capped.labels(api, scheme)
                 self.degraded.labels(api, scheme)
+        self.workers = Gauge(
+            "qgn_workers", "Inference workers on the device (QGN_WORKERS).", registry=registry
+        )
+        self.busy_workers = Gauge(
+            "qgn_busy_workers", "Inference workers running a request now.", registry=registry
+        )
+        self.device_memory_budget = Gauge(
+            "qgn_device_memory_budget_bytes",
+            "What the requests running at once may hold together (QGN_DEVICE_MEMORY_MB).",
+            registry=registry,
+        )
+        self.admitted_bytes = Gauge(
+            "qgn_admitted_bytes",
+            "The sum of the predicted peaks of the requests running now.",
+            registry=registry,
+        )
+        self.device_peak_memory = Gauge(
+            "qgn_device_peak_memory_bytes",
+            "Device-wide peak since start: the CUDA allocator's (the CPU has no such figure).",
+            registry=registry,
+        )
+        self.prediction_ratio = Histogram(
+            "qgn_peak_prediction_ratio",
+            "Measured over predicted peak memory of one inference.",
+            ["scheme"],
+            buckets=PREDICTION_RATIO_BUCKETS,
+            registry=registry,
+        )
         self.model_info = Gauge(
             "qgn_model_info",
             "The served model (value 1).",

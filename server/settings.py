@@ -26,6 +26,10 @@ class Settings:
     queue_size: int = 8
     memory_budget_mb: float | None = None
     request_timeout_s: float = 120.0
+    workers: int = 1
+    # None: the defaults `threads_per_worker` and `Engine` resolve (they depend on the machine).
+    torch_threads: int | None = None
+    device_memory_mb: float | None = None
 
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
@@ -41,6 +45,21 @@ class Settings:
         _positive("QGN_REQUEST_TIMEOUT_S", self.request_timeout_s)
         if self.memory_budget_mb is not None:
             _positive("QGN_MEMORY_BUDGET_MB", self.memory_budget_mb)
+        _positive("QGN_WORKERS", self.workers)
+        if self.torch_threads is not None:
+            _positive("QGN_TORCH_THREADS", self.torch_threads)
+        if self.device_memory_mb is not None:
+            _positive("QGN_DEVICE_MEMORY_MB", self.device_memory_mb)
+
+    def threads_per_worker(self, env: Mapping[str, str] | None = None) -> int:
+        """QGN_TORCH_THREADS, else OMP_NUM_THREADS when it is set, else the cores this
+        process may use divided by the workers (at least 1): more would oversubscribe them."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        omp = (os.environ if env is None else env).get("OMP_NUM_THREADS", "").strip()
+        if omp.isdigit() and int(omp) > 0:
+            return int(omp)
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -69,6 +88,9 @@ class Settings:
             queue_size=number("QGN_QUEUE_SIZE", int, 8),
             memory_budget_mb=number("QGN_MEMORY_BUDGET_MB", float, None),
             request_timeout_s=number("QGN_REQUEST_TIMEOUT_S", float, 120.0),
+            workers=number("QGN_WORKERS", int, 1),
+            torch_threads=number("QGN_TORCH_THREADS", int, None),
+            device_memory_mb=number("QGN_DEVICE_MEMORY_MB", float, None),
         )
 
 

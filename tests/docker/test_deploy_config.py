@@ -164,6 +164,12 @@ def test_dashboard_has_the_panels_the_issue_asks_for():
         "qgn_queue_depth",
         "qgn_inflight_requests",
         "qgn_budget_capped_total",
+        "qgn_admitted_bytes",
+        "qgn_device_memory_budget_bytes",
+        "qgn_device_peak_memory_bytes",
+        "qgn_busy_workers",
+        "qgn_workers",
+        "histogram_quantile(0.99, sum by (scheme, le) (rate(qgn_peak_prediction_ratio_bucket",
     ):
         assert needed in exprs, needed
 

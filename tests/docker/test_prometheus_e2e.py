@@ -268,3 +268,22 @@ def test_every_dashboard_expr_evaluates_to_data(scraped):
         assert result, f"no data: {expr}"
         values = [float(item["value"][1]) for item in result]
         assert any(math.isfinite(v) for v in values), f"only NaN/Inf: {expr} -> {result}"
+
+
+def test_admission_metrics_count_every_inference(scraped):
+    """One worker, the default device budget, nothing admitted once idle, and one prediction
+    error per inference (the V2 ones included)."""
+    assert scraped.values_by("sum(qgn_workers)", "") == {"": 1.0}
+    assert scraped.values_by("sum(qgn_busy_workers) + sum(qgn_admitted_bytes)", "") == {"": 0.0}
+    (budget,) = scraped.values_by("sum(qgn_device_memory_budget_bytes)", "").values()
+    assert budget > 0
+    counts = scraped.values_by("sum by (scheme) (qgn_peak_prediction_ratio_count)", "scheme")
+    total = REQUESTS_PER_SCHEME + 1
+    assert counts == {"all": total, "pc": total + V2_REQUESTS}
+    # `all`'s prediction is the cost model's bound: never below what was measured.
+    worst = scraped.values_by(
+        "histogram_quantile(1, sum by (scheme, le)"
+        ' (qgn_peak_prediction_ratio_bucket{scheme="all"}))',
+        "scheme",
+    )
+    assert 0 < worst["all"] <= 1, worst

@@ -45,8 +45,9 @@ def test_a_request_past_its_timeout_gets_504_and_frees_its_place(tiny_weights):
             "/v1/segment?scheme=all", content=encode(scene_image(256, 256)), headers=PNG
         )
         assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
-        client.app.state.engine.executor.submit(lambda: None).result()  # the device finishes
-        assert client.app.state.engine._admitted == 0
+        engine = client.app.state.engine
+        engine.shutdown()  # drains: the device finishes the request that timed out
+        assert engine._admitted == 0 and engine.queue.admitted_bytes == 0
 
 
 def test_out_of_memory_retries_under_a_tighter_budget_then_gives_507(tiny_weights, monkeypatch):
@@ -87,6 +88,10 @@ def test_out_of_memory_retries_under_a_tighter_budget_then_gives_507(tiny_weight
         ({"QGN_QUEUE_SIZE": "0"}, "QGN_QUEUE_SIZE"),
         ({"QGN_MEMORY_BUDGET_MB": "nan"}, "QGN_MEMORY_BUDGET_MB"),
         ({"QGN_REQUEST_TIMEOUT_S": "0"}, "QGN_REQUEST_TIMEOUT_S"),
+        ({"QGN_WORKERS": "0"}, "QGN_WORKERS"),
+        ({"QGN_WORKERS": "two"}, "QGN_WORKERS must be an integer"),
+        ({"QGN_TORCH_THREADS": "-2"}, "QGN_TORCH_THREADS"),
+        ({"QGN_DEVICE_MEMORY_MB": "inf"}, "QGN_DEVICE_MEMORY_MB"),
     ],
 )
 def test_bad_settings_are_named(env, message):

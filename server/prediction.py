@@ -1,0 +1,97 @@
+"""A request's peak memory, predicted before it runs: what admission reserves for it.
+
+- `budget`: the budget in force (the `Budget` planner keeps the measured peak under it), or
+  `all`'s prediction when that is lower.
+- `all`: the cost model's bound, computed from the in-image site counts of every level: the
+  refine-nothing floor plus the costliest decoder stage (`MemoryCost.decoder_bytes`), plus
+  5 % (measured with the calibrated cost: 0.99–1.06 × the peak without it from 256×512 up).
+- `pc` and `threshold`: what they refine depends on the image, and no logits exist before the
+  request runs, so the prediction is statistical: the highest measured peak over the floor of
+  the same size among this scheme's (and threshold's, to 0.05) recent requests, times a
+  margin, never above `all`'s bound. A threshold not seen yet takes the nearest lower one's
+  figure; with none, and for `pc` unseen, `all`'s bound, which holds for any image (they
+  refine a subset of `all`'s sites). `pc` is seeded at warm-up.
+
+The prediction is not enforced: a request runs as asked (its mask does not depend on what
+else runs), and its measured / predicted peak is exported as a histogram.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+
+from model.cost import MemoryCost
+from model.qgn import LEVELS, QGN
+from model.quadtree import level_shape
+from model.schemes import SchemeRequest
+
+MIB = 2**20
+MARGIN = 1.25
+ALL_MARGIN = 1.05
+WINDOW = 64  # recent requests per scheme
+THRESHOLD_STEP = 0.05
+MAX_KEYS = 32
+
+
+class PeakPredictor:
+    def __init__(self, model: QGN, margin: float = MARGIN):
+        self.model = model  # its cost is read at each call: calibration replaces it
+        self.margin = margin
+        self._ratios: dict[tuple[str, float | None], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def cost(self) -> MemoryCost:
+        return self.model.cost
+
+    @staticmethod
+    def key(request: SchemeRequest) -> tuple[str, float | None]:
+        if request.name != "threshold":
+            return (request.name, None)
+        return (request.name, round(round(request.threshold / THRESHOLD_STEP) * THRESHOLD_STEP, 2))
+
+    def all_bytes(self, height: int, width: int) -> int:
+        """`all`'s peak bound: the floor plus the costliest decoder stage at every site."""
+        sites = [math.prod(level_shape(height, width, level, LEVELS)) for level in range(LEVELS)]
+        stage = max(self.cost.decoder_bytes(sites)[1:])
+        return math.ceil(ALL_MARGIN * (self.cost.min_budget_bytes(height, width) + stage))
+
+    def predict(self, request: SchemeRequest, height: int, width: int, cap_mb: float | None) -> int:
+        """Predicted peak bytes of `request` on an image of this size, under the server's
+        per-request cap `cap_mb` (a capped scheme's peak stays under the cap)."""
+        bound = self.all_bytes(height, width)
+        if cap_mb is not None:
+            bound = math.ceil(min(bound, cap_mb * MIB))  # in floats: a huge cap stays finite
+        if request.name == "budget":
+            return math.ceil(min(bound, request.budget_mb * MIB))
+        if request.name == "all":
+            return bound
+        ratio = self._ratio(self.key(request))
+        if ratio is None:
+            return bound
+        floor = self.cost.min_budget_bytes(height, width)
+        return min(bound, math.ceil(self.margin * ratio * floor))
+
+    def _ratio(self, key: tuple[str, float | None]) -> float | None:
+        """The highest recent peak over floor of this key; for a threshold not seen yet, that
+        of the nearest lower threshold seen (a lower one refines more, over a set of images)."""
+        with self._lock:
+            if key in self._ratios:
+                return max(self._ratios[key])
+            if key[0] != "threshold":
+                return None
+            lower = [k for k in self._ratios if k[0] == "threshold" and k[1] <= key[1]]
+            return max(self._ratios[max(lower)]) if lower else None
+
+    def observe(self, request: SchemeRequest, height: int, width: int, peak_bytes: int) -> None:
+        """Learns from a run of `request` as asked (not capped, not degraded)."""
+        if request.name not in ("pc", "threshold"):
+            return
+        ratio = peak_bytes / self.cost.min_budget_bytes(height, width)
+        with self._lock:
+            key = self.key(request)
+            if key not in self._ratios and len(self._ratios) >= MAX_KEYS:
+                self._ratios.pop(next(iter(self._ratios)))
+            self._ratios.setdefault(key, deque(maxlen=WINDOW)).append(ratio)

@@ -1,0 +1,119 @@
+"""Admission by predicted peak: the queue's order and room, the predictor, the engine's plan
+and the settings that size them."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from model.cost import calibrate
+from model.schemes import Capped, SchemeRequest
+from model.weights import load_weights
+from server.admission import AdmissionQueue, Job
+from server.errors import ApiError
+from server.prediction import MARGIN, PeakPredictor
+from server.settings import Settings
+from tests.server.conftest import scene_image, started
+
+MIB = 2**20
+
+
+def taken_in_background(queue: AdmissionQueue) -> tuple[threading.Thread, list]:
+    taken: list = []
+    thread = threading.Thread(target=lambda: taken.append(queue.take()), daemon=True)
+    thread.start()
+    return thread, taken
+
+
+def test_the_head_waits_for_room_and_nothing_overtakes_it():
+    queue = AdmissionQueue(10)
+    big_first, big_second, small = Job("a", 6), Job("b", 6), Job("c", 1)
+    for job in (big_first, big_second, small):
+        queue.put(job)
+    assert queue.take() is big_first and queue.admitted_bytes == 6 and queue.busy == 1
+    # `small` would fit beside `big_first`, but `big_second` came first: both wait.
+    thread, taken = taken_in_background(queue)
+    thread.join(timeout=0.3)
+    assert taken == [] and queue.waiting == 2
+    queue.done(big_first)
+    thread.join(timeout=30)
+    assert taken == [big_second]
+    assert queue.take() is small and queue.admitted_bytes == 7 and queue.busy == 2
+
+
+def test_a_cancelled_job_is_dropped_and_close_drains():
+    queue = AdmissionQueue(10)
+    waiting, next_one = Job("a", 10), Job("b", 10)
+    queue.put(waiting)
+    queue.put(next_one)
+    assert waiting.future.cancel()  # its client gave up while it waited
+    assert queue.take() is next_one
+    queue.close()
+    with pytest.raises(RuntimeError):
+        queue.put(Job("late", 1))
+    queue.put(Job("retry", 1), first=True)  # a retry of a running request still goes in
+    queue.done(next_one)
+    assert queue.take().payload == "retry"
+    assert queue.take() is None  # closed and empty: the worker stops
+    with pytest.raises(ValueError, match="can never fit"):
+        AdmissionQueue(5).put(Job("huge", 6))
+
+
+def test_predictions_bound_all_and_learn_pc(tiny_weights):
+    model, _ = load_weights(tiny_weights)
+    model.cost = calibrate(model, "cpu")  # as the server does at start
+    predictor = PeakPredictor(model)
+    for height, width in ((96, 160), (200, 300), (1, 700)):
+        image = scene_image(height, width, seed=2)
+        measured = model.predict(image, SchemeRequest("all").build()).peak_bytes
+        predicted = predictor.predict(SchemeRequest("all"), height, width, None)
+        assert measured <= predicted <= 2.5 * measured, (height, width)
+    bound = predictor.all_bytes(96, 160)
+    # Unseen: the bound that holds for any image; a budget reserves itself.
+    assert predictor.predict(SchemeRequest("pc"), 96, 160, None) == bound
+    assert predictor.predict(SchemeRequest("threshold", threshold=0.4), 96, 160, None) == bound
+    assert predictor.predict(SchemeRequest("budget", budget_mb=0.5), 96, 160, None) == MIB // 2
+    assert predictor.predict(SchemeRequest("all"), 96, 160, 0.25) == MIB // 4  # the cap holds
+    huge = SchemeRequest("budget", budget_mb=1e308)  # finite, but not in bytes
+    assert predictor.predict(huge, 96, 160, 1e308) == bound
+    floor = model.cost.min_budget_bytes(96, 160)
+    predictor.observe(SchemeRequest("pc"), 96, 160, floor // 2)
+    predicted = predictor.predict(SchemeRequest("pc"), 96, 160, None)
+    assert predicted == pytest.approx(MARGIN * floor / 2, abs=2)
+    predictor.observe(SchemeRequest("threshold", threshold=0.41), 96, 160, floor)
+    assert predictor.predict(
+        SchemeRequest("threshold", threshold=0.39), 96, 160, None
+    ) == pytest.approx(MARGIN * floor, abs=2)  # the same step of 0.05
+    assert predictor.predict(
+        SchemeRequest("threshold", threshold=0.9), 96, 160, None
+    ) == pytest.approx(MARGIN * floor, abs=2)  # unseen: the nearest lower threshold's figure
+    assert predictor.predict(SchemeRequest("threshold", threshold=0.1), 96, 160, None) == bound
+
+
+def test_a_request_predicted_above_the_device_budget_runs_capped_to_it(tiny_weights):
+    image = scene_image(160, 224, seed=1)
+    with started(Settings(weights=tiny_weights, device="cpu", device_memory_mb=2.0)) as client:
+        engine = client.app.state.engine
+        job = engine.plan(image, SchemeRequest("all"))
+        assert job.reserved_bytes == engine.device_memory_bytes == 2 * MIB
+        assert isinstance(job.payload.scheme, Capped) and job.payload.scheme.cap.budget_mb == 2.0
+        with pytest.raises(ApiError) as refused:
+            engine.plan(scene_image(2048, 2048), SchemeRequest("pc"))
+        assert refused.value.status == 413 and "device budget of 2 MiB" in refused.value.message
+        text = client.get("/metrics").text
+        assert "qgn_device_memory_budget_bytes 2.097152e+06" in text
+        assert "qgn_workers 1.0" in text
+
+
+def test_torch_threads_default_to_the_cores_per_worker():
+    assert Settings(torch_threads=3).threads_per_worker({}) == 3
+    assert Settings(workers=2).threads_per_worker({"OMP_NUM_THREADS": "1"}) == 1
+    cores = len(os.sched_getaffinity(0))
+    assert Settings(workers=2).threads_per_worker({}) == max(1, cores // 2)
+    assert Settings(workers=64).threads_per_worker({}) == 1
+    settings = Settings.from_env(
+        {"QGN_WORKERS": "2", "QGN_TORCH_THREADS": "1", "QGN_DEVICE_MEMORY_MB": "300"}
+    )
+    assert (settings.workers, settings.torch_threads, settings.device_memory_mb) == (2, 1, 300.0)
