@@ -229,7 +229,7 @@ class Budget(Scheme):
     @classmethod
     def in_mib(cls, budget_mb: float, capped: bool = False) -> Budget:
         """A budget given in MiB, reported back exactly as given."""
-        scheme = cls(max(1, int(budget_mb * MIB)), capped)
+        scheme = cls(max(1, int(min(budget_mb * MIB, 2**62))), capped)  # 1e308 MiB: all
         scheme.budget_mb = budget_mb
         return scheme
 
