@@ -129,21 +129,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--steps", type=int, default=2000)
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--crop", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
+    sizes = "scenes are drawn (or resized) to H W, then scaled by MIN..MAX, cropped and flipped"
     train.add_argument(
-        "--base-size",
-        type=int,
-        nargs=2,
-        default=[1024, 2048],
-        metavar=("H", "W"),
-        help="scenes are drawn (or resized) to this size before scale-crop-flip",
+        "--base-size", type=int, nargs=2, default=[1024, 2048], metavar=("H", "W"), help=sizes
     )
     train.add_argument(
-        "--scale",
-        type=float,
-        nargs=2,
-        default=[0.4, 1.2],
-        metavar=("MIN", "MAX"),
-        help="random scale of the base-size scene before cropping",
+        "--scale", type=float, nargs=2, default=[0.4, 1.2], metavar=("MIN", "MAX"), help=sizes
     )
     train.add_argument(
         "--dense-share", type=float, default=0.2, help="share of steps that refine every site"
