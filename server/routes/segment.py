@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 from typing import Literal
 
+import numpy as np
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -20,9 +22,10 @@ from server.deps import ReadyEngine, RequestedScheme
 from server.errors import ApiError
 from server.images import check_content_type, load_image, read_body
 from server.inference import SegmentResult
-from server.schemas import ErrorResponse, MaskPayload, Quadtree, SegmentResponse, Stats
+from server.schemas import ErrorResponse, SegmentResponse
 
 router = APIRouter()
+JSON = "application/json"
 
 IMAGE_BODY = {
     "required": True,
@@ -129,25 +132,32 @@ def _response(result: SegmentResult, format: str, classes: list[str]):
         if ran.budget_mb is not None:
             headers["X-QGN-Budget-Mb"] = str(ran.budget_mb)
         return Response(result.mask_png, media_type="image/png", headers=headers)
-    return SegmentResponse(
-        width=width,
-        height=height,
-        scheme=ran.name,
-        threshold=ran.threshold,
-        budget_mb=ran.budget_mb,
-        capped=ran.capped,
-        degraded=ran.degraded,
-        classes=classes,
-        quadtree=Quadtree(
-            levels=LEVELS, block_sizes=BLOCK_SIZES, leaves=prediction.leaves.tolist()
-        ),
-        mask=MaskPayload(data=base64.b64encode(result.mask_png).decode("ascii")),
-        stats=Stats(
-            latency_ms=latency_ms,
-            peak_memory_bytes=prediction.peak_bytes,
-            device=prediction.device,
-            active_sites=prediction.active_sites,
-            active_fraction=[round(f, 6) for f in prediction.active_fraction],
-            decoder_bytes=prediction.decoder_bytes,
-        ),
-    )
+    # The response is written straight to JSON bytes: the leaves go as one integer array, and
+    # a body the server built itself is not validated again (with pydantic and
+    # `jsonable_encoder` the 52,000 leaves of a 1024×2048 scene took ~0.7 s, orjson ~7 ms).
+    # `SegmentResponse` still describes it in the OpenAPI schema; the tests check the shape.
+    body = {
+        "width": width,
+        "height": height,
+        "scheme": ran.name,
+        "threshold": ran.threshold,
+        "budget_mb": ran.budget_mb,
+        "capped": ran.capped,
+        "degraded": ran.degraded,
+        "classes": classes,
+        "quadtree": {
+            "levels": LEVELS,
+            "block_sizes": BLOCK_SIZES,
+            "leaves": np.ascontiguousarray(prediction.leaves.numpy(), dtype=np.int64),
+        },
+        "mask": {"encoding": "png", "data": base64.b64encode(result.mask_png).decode("ascii")},
+        "stats": {
+            "latency_ms": latency_ms,
+            "peak_memory_bytes": prediction.peak_bytes,
+            "device": prediction.device,
+            "active_sites": prediction.active_sites,
+            "active_fraction": [round(f, 6) for f in prediction.active_fraction],
+            "decoder_bytes": prediction.decoder_bytes,
+        },
+    }
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from model.quadtree import leaf_coverage, leaves_to_dense
+from server.schemas import SegmentResponse
 from server.settings import Settings
 from tests.server.conftest import (
     CLASSES,
@@ -311,3 +312,15 @@ def test_server_memory_cap_runs_requests_under_it(tiny_weights):
         assert 'qgn_budget_capped_total{api="v1",scheme="budget"} 1.0' in text
         huge = encode(np.zeros((2048, 2048, 3), dtype=np.uint8))
         error_of(post(capped, huge, "?scheme=pc"), 413, "over_memory_budget")
+
+
+@pytest.mark.parametrize(
+    "query", ["?scheme=pc", "?scheme=threshold&threshold=0.3", "?scheme=budget&budget_mb=50"]
+)
+def test_the_json_answer_is_exactly_what_its_schema_says(client, query):
+    """The body is written without pydantic: it must still be a `SegmentResponse`, field for
+    field, with nothing more."""
+    body = post(client, encode(scene_image(70, 90)), query).json()
+    assert SegmentResponse.model_validate(body).model_dump(mode="json") == body
+    leaves = np.asarray(body["quadtree"]["leaves"])
+    assert leaves.ndim == 2 and leaves.shape[1] == 4 and leaves.dtype.kind == "i"
