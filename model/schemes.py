@@ -20,6 +20,12 @@ from model.quadtree import COMPOSITE
 
 MIB = 2**20
 
+
+def mib_to_bytes(mib: float) -> int:
+    """MiB as whole bytes, a huge figure (1e308 MiB: "no limit") clamped to a finite one."""
+    return math.ceil(min(mib * MIB, 2.0**62))
+
+
 # What a client may ask for, with the one parameter each takes. `oracle` needs the ground
 # truth, so it is offered to evaluation and training only.
 REQUESTABLE: dict[str, dict] = {
@@ -229,7 +235,7 @@ class Budget(Scheme):
     @classmethod
     def in_mib(cls, budget_mb: float, capped: bool = False) -> Budget:
         """A budget given in MiB, reported back exactly as given."""
-        scheme = cls(max(1, int(min(budget_mb * MIB, 2**62))), capped)  # 1e308 MiB: all
+        scheme = cls(max(1, mib_to_bytes(budget_mb)), capped)
         scheme.budget_mb = budget_mb
         return scheme
 

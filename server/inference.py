@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from model.qgn import QGN, Prediction
-from model.schemes import Budget, Scheme, SchemeRequest, make_scheme
+from model.schemes import MIB, Budget, Scheme, SchemeRequest, make_scheme, mib_to_bytes
 from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
 from server.images import encode_mask_png
@@ -34,7 +34,6 @@ from server.prediction import PeakPredictor
 from server.settings import Settings
 
 log = logging.getLogger("qgn.inference")
-MIB = 2**20
 # Test hook, not a setting: QGN_FAULT_INJECT_OOM=N makes the first N request inferences raise
 # torch.OutOfMemoryError, so the out-of-memory path can be tried on a real process and a CPU.
 FAULT_INJECT_OOM = "QGN_FAULT_INJECT_OOM"
@@ -65,7 +64,7 @@ def device_memory_bytes(device: torch.device, settings: Settings) -> int:
     """QGN_DEVICE_MEMORY_MB, or by default: on CUDA the device's free memory now (the weights
     are loaded) less a reserve of 10 % of its total; on the CPU half the machine's memory."""
     if settings.device_memory_mb is not None:
-        return math.ceil(min(settings.device_memory_mb * MIB, 2.0**62))  # 1e308 MiB: finite
+        return mib_to_bytes(settings.device_memory_mb)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         return max(MIB, free - total // 10)
@@ -183,12 +182,13 @@ class Engine:
                 f"{width}×{height} image: {floor} MiB",
                 min_budget_mb=floor,
             )
-        scheme = request.build(cap_mb=cap)
         predicted = self.predictor.predict(request, height, width, cap)
         if predicted > self.device_memory_bytes:
-            scheme = request.build(cap_mb=device_mb if cap is None else min(cap, device_mb))
-            predicted = self.device_memory_bytes
-        return Job(Work(image, request, scheme), predicted)
+            cap, predicted = (
+                device_mb if cap is None else min(cap, device_mb),
+                self.device_memory_bytes,
+            )
+        return Job(Work(image, request, request.build(cap_mb=cap)), predicted)
 
     # Running -----------------------------------------------------------------------------
     async def segment(self, image: np.ndarray, request: SchemeRequest) -> SegmentResult:

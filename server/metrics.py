@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from model.schemes import REQUESTABLE
+
 if TYPE_CHECKING:
     from model.qgn import Prediction
 
@@ -28,6 +30,10 @@ APIS = ("v1", "v2")
 class Metrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+
+        def gauge(name: str, documentation: str) -> Gauge:
+            return Gauge(name, documentation, registry=registry)
+
         self.requests = Counter(
             "qgn_requests",
             "Inference responses by API, scheme and status code.",
@@ -62,12 +68,8 @@ class Metrics:
             buckets=FRACTION_BUCKETS,
             registry=registry,
         )
-        self.inflight = Gauge(
-            "qgn_inflight_requests", "Inference requests being handled.", registry=registry
-        )
-        self.queue_depth = Gauge(
-            "qgn_queue_depth", "Inference requests waiting for the device.", registry=registry
-        )
+        self.inflight = gauge("qgn_inflight_requests", "Inference requests being handled.")
+        self.queue_depth = gauge("qgn_queue_depth", "Inference requests waiting for the device.")
         self.budget_capped = Counter(
             "qgn_budget_capped",
             "Requests run under the server memory budget instead.",
@@ -81,29 +83,21 @@ class Metrics:
             registry=registry,
         )
         for api in APIS:  # zeros, not "no data", at start
-            for scheme in ("all", "pc", "threshold", "budget"):
+            for scheme in REQUESTABLE:
                 self.budget_capped.labels(api, scheme)
                 self.degraded.labels(api, scheme)
-        self.workers = Gauge(
-            "qgn_workers", "Inference workers on the device (QGN_WORKERS).", registry=registry
-        )
-        self.busy_workers = Gauge(
-            "qgn_busy_workers", "Inference workers running a request now.", registry=registry
-        )
-        self.device_memory_budget = Gauge(
+        self.workers = gauge("qgn_workers", "Inference workers on the device (QGN_WORKERS).")
+        self.busy_workers = gauge("qgn_busy_workers", "Inference workers running a request now.")
+        self.device_memory_budget = gauge(
             "qgn_device_memory_budget_bytes",
             "What the requests running at once may hold together (QGN_DEVICE_MEMORY_MB).",
-            registry=registry,
         )
-        self.admitted_bytes = Gauge(
-            "qgn_admitted_bytes",
-            "The sum of the predicted peaks of the requests running now.",
-            registry=registry,
+        self.admitted_bytes = gauge(
+            "qgn_admitted_bytes", "The sum of the predicted peaks of the requests running now."
         )
-        self.device_peak_memory = Gauge(
+        self.device_peak_memory = gauge(
             "qgn_device_peak_memory_bytes",
             "Device-wide peak since start: the CUDA allocator's (the CPU has no such figure).",
-            registry=registry,
         )
         self.prediction_ratio = Histogram(
             "qgn_peak_prediction_ratio",

@@ -25,9 +25,8 @@ from collections import deque
 from model.cost import MemoryCost
 from model.qgn import LEVELS, QGN
 from model.quadtree import level_shape
-from model.schemes import SchemeRequest
+from model.schemes import SchemeRequest, mib_to_bytes
 
-MIB = 2**20
 MARGIN = 1.25
 ALL_MARGIN = 1.05
 WINDOW = 64  # recent requests per scheme
@@ -63,9 +62,9 @@ class PeakPredictor:
         per-request cap `cap_mb` (a capped scheme's peak stays under the cap)."""
         bound = self.all_bytes(height, width)
         if cap_mb is not None:
-            bound = math.ceil(min(bound, cap_mb * MIB))  # in floats: a huge cap stays finite
+            bound = min(bound, mib_to_bytes(cap_mb))
         if request.name == "budget":
-            return math.ceil(min(bound, request.budget_mb * MIB))
+            return min(bound, mib_to_bytes(request.budget_mb))
         if request.name == "all":
             return bound
         ratio = self._ratio(self.key(request))
