@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from benchmarks.analysis import PROFILED, analyse, ok_results
+from model.cost import COST_TERMS
 
 # ---- Markdown ------------------------------------------------------------------------------
 
@@ -215,10 +216,10 @@ def profile_markdown(profile: dict) -> list[str]:
             "each stage's working set):",
             "",
             "| level | sites | activations | rulebook (index pairs) | coords | filters | "
-            "calibration extra |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "recompute (skip at sites) | calibration extra |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        keys = ("activations", "rulebook", "coords", "filters", "calibration_extra")
+        keys = COST_TERMS
         totals = {k: sum(r.get(f"{k}_bytes", 0) for r in rows) for k in keys}
         for row in rows:
             if "activations_bytes" not in row:
@@ -226,7 +227,8 @@ def profile_markdown(profile: dict) -> list[str]:
             lines.append(
                 f"| {row['level']} | {_count(row['sites'])} | {_mib(row['activations_bytes'])} | "
                 f"{_mib(row['rulebook_bytes'])} | {_mib(row['coords_bytes'])} | "
-                f"{_mib(row['filters_bytes'])} | {_mib(row['calibration_extra_bytes'])} |"
+                f"{_mib(row['filters_bytes'])} | {_mib(row['recompute_bytes'])} | "
+                f"{_mib(row['calibration_extra_bytes'])} |"
             )
         cells = " | ".join(_mib(v) for v in totals.values())
         index_share = (totals["rulebook"] + totals["coords"]) / max(sum(totals.values()), 1)

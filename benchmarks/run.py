@@ -166,14 +166,20 @@ def plan(args: argparse.Namespace, scenes: dict, seeds: list[int]) -> list[Job]:
     return jobs
 
 
-def run_child(config: dict, timeout_s: float) -> dict:
-    """Runs `benchmarks.measure` on one config in a fresh interpreter; its last stdout line
-    is the result. Failures come back as a result with status `failed` and the reason."""
+def run_child(
+    config: dict,
+    timeout_s: float,
+    module: tuple[str, ...] = ("benchmarks.measure",),
+    python: str = sys.executable,
+) -> dict:
+    """Runs `module` (`benchmarks.measure` by default) on one config in a fresh interpreter
+    (`python`: the peers have their own); its last stdout line is the result. Failures come
+    back as a result with status `failed` and the reason."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, "-m", "benchmarks.measure", json.dumps(config)]
+    command = [python, "-m", *module, json.dumps(config)]
     try:
         done = subprocess.run(
             command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s

@@ -17,24 +17,40 @@ budget; the refine-nothing floor (the smallest budget accepted) is the measured 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from model.encoder import STEM_BAND_ROWS
+from model.regions import PIXEL_BAND_ROWS
 
 # spconv's int32 pairs, plus one offset's pairs widened to int64 while it is applied.
 RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
 COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
 FLOAT_BYTES = 4
 LIVE_TENSORS_PER_SITE = 5
+# What `MemoryCost.terms` splits a sparse level's predicted bytes into.
+COST_TERMS = ("activations", "rulebook", "coords", "filters", "recompute", "calibration_extra")
+# The indices that map a recomputed level's sites to their tiles.
+RECOMPUTE_BYTES_PER_SITE = 64
+# The finished mask (uint8, padded to whole blocks), a padded copy the extrema pyramid starts
+# from, and the pyramid (a third of a byte per pixel each way).
+MASK_BYTES_PER_PIXEL = 3
 
 
 def band_bytes_per_column(encoder_widths: tuple[int, ...]) -> float:
-    """The stem's working band, per padded column: its float input rows and its output rows."""
-    return (2 * STEM_BAND_ROWS + 2) * 3 * FLOAT_BYTES + STEM_BAND_ROWS * encoder_widths[
-        0
-    ] * FLOAT_BYTES / 2
+    """The first pass's working band, per padded column: the float pixels of a band of the
+    stride-8 map with its 30 rows of halo, and the stride-2 map they make."""
+    pixel_rows = PIXEL_BAND_ROWS
+    return pixel_rows * 3 * FLOAT_BYTES + (pixel_rows / 2) * encoder_widths[0] * FLOAT_BYTES / 2
+
+
+def held_bytes_per_pixel(encoder_widths: tuple[int, ...]) -> float:
+    """The stride-8 and stride-16 maps, per padded pixel."""
+    return FLOAT_BYTES * (encoder_widths[2] / 64 + encoder_widths[3] / 256)
+
+
+def padded_width(width: int) -> int:
+    return -(-width // 32) * 32
 
 
 def padded_pixels(height: int, width: int) -> int:
@@ -52,56 +68,128 @@ class MemoryCost:
     base_bytes_per_pixel: float
     base_bytes: int
     band_bytes_per_column: float = 0.0
+    # What keeping the stride-8 and stride-16 maps whole adds to the floor (every scheme but
+    # a small budget keeps them), per padded pixel.
+    held_bytes_per_pixel: float = 0.0
+    held_bytes: int = 0
+    held_bytes_per_column: float = 0.0
     # The widths the per-site terms were derived from; `terms` needs them (`analytic` sets
     # them, a cost built from measured numbers may carry them).
     decoder_widths: tuple[int, ...] = ()
+    # Per level, the working bytes of recomputing its skip at its sites, one chunk of tiles
+    # at a time (`model.regions.recompute_bytes`): levels 3 and 4 always, 1 and 2 when the
+    # encoder did not keep their maps.
+    recompute_bytes: tuple[int, ...] = ()
+    recompute_tiles: tuple[int, ...] = ()  # tiles in such a chunk: fewer sites fill fewer
+    num_logits: int = 32  # per site of a level's output (C + 1)
 
     @classmethod
-    def analytic(cls, decoder_widths: tuple[int, ...], encoder_widths: tuple[int, ...]):
+    def analytic(
+        cls,
+        decoder_widths: tuple[int, ...],
+        encoder_widths: tuple[int, ...],
+        recompute_bytes: tuple[int, ...] = (),
+        recompute_tiles: tuple[int, ...] = (),
+        num_logits: int = 32,
+    ):
         site_bytes = [
             FLOAT_BYTES * LIVE_TENSORS_PER_SITE * width
             + RULEBOOK_BYTES_PER_SITE
             + COORD_BYTES_PER_SITE
             + (decoder_widths[level - 1] if level else 0)  # a parent's floats, per child
+            + (RECOMPUTE_BYTES_PER_SITE if 0 < level < len(decoder_widths) - 1 else 0)
             for level, width in enumerate(decoder_widths)
         ]
         stage_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
-        # The uint8 pixels (3 B/pixel), the stride-2 map kept as a skip, and two stride-4 maps
-        # of the first stage at its peak.
-        per_pixel = (
-            3 + FLOAT_BYTES * encoder_widths[0] / 4 + 2 * FLOAT_BYTES * encoder_widths[1] / 16
-        )
+        # The stride-32 map; the encoder's bands are per column.
+        per_pixel = FLOAT_BYTES * encoder_widths[4] / 1024
         return cls(
-            site_bytes,
-            stage_bytes,
-            per_pixel,
-            0,
-            band_bytes_per_column(encoder_widths),
-            tuple(decoder_widths),
+            site_bytes=site_bytes,
+            stage_bytes=stage_bytes,
+            base_bytes_per_pixel=per_pixel,
+            base_bytes=0,
+            band_bytes_per_column=band_bytes_per_column(encoder_widths),
+            held_bytes_per_pixel=held_bytes_per_pixel(encoder_widths),
+            decoder_widths=tuple(decoder_widths),
+            recompute_bytes=tuple(recompute_bytes),
+            recompute_tiles=tuple(recompute_tiles),
+            num_logits=num_logits,
         )
 
-    def min_budget_bytes(self, height: int, width: int) -> int:
-        """The peak of an inference that propagates nothing: no budget below it can hold."""
-        padded_width = -(-width // 32) * 32 + 2
+    def encoder_bytes(self, height: int, width: int) -> int:
+        """The peak of the encoder and level 0 when nothing is kept whole."""
         return math.ceil(
             self.base_bytes
             + self.base_bytes_per_pixel * padded_pixels(height, width)
-            + self.band_bytes_per_column * padded_width
+            + self.band_bytes_per_column * padded_width(width)
         )
 
-    def decoder_bytes(self, active_sites: list[int]) -> list[int]:
+    def mask_bytes(self, height: int, width: int) -> int:
+        """The peak of painting the mask and finding its leaves."""
+        return MASK_BYTES_PER_PIXEL * padded_pixels(height, width)
+
+    def min_budget_bytes(self, height: int, width: int) -> int:
+        """The peak of an inference that propagates nothing: no budget below it can hold."""
+        return max(self.encoder_bytes(height, width), self.mask_bytes(height, width))
+
+    def held_floor_bytes(self, height: int, width: int) -> int:
+        """The peak of an inference that keeps the stride-8 and stride-16 maps whole and
+        refines nothing: a budget below it has the encoder recompute them at sites instead."""
+        held = math.ceil(
+            self.held_bytes
+            + self.held_bytes_per_pixel * padded_pixels(height, width)
+            + self.held_bytes_per_column * padded_width(width)
+        )
+        return max(self.encoder_bytes(height, width) + held, self.mask_bytes(height, width))
+
+    def fixed_stage_bytes(self, level: int, held: bool = True, sites: int | None = None) -> int:
+        """A level's fixed working bytes: its filter copies, and the chunk of tiles its skip
+        is recomputed in where it is (levels 3 and 4; 1 and 2 unless `held`): a whole chunk,
+        or, for a known count of sites, no more tiles than sites."""
+        recomputed = level in (3, 4) or (level in (1, 2) and not held)
+        extra = 0
+        if recomputed and self.recompute_bytes:
+            extra = self.recompute_bytes[level]
+            if sites is not None and self.recompute_tiles:
+                extra = math.ceil(extra * min(1.0, sites / self.recompute_tiles[level]))
+        return self.stage_bytes[level] + extra
+
+    def run_peak_bytes(
+        self, height: int, width: int, active_sites: list[int], held: bool = True
+    ) -> int:
+        """A bound of the peak of a run that refines `active_sites` per level: its floor, each
+        level's stage on top of what is live when the level starts (the kept stride-8 and
+        stride-16 maps up to level 2, the outputs of the levels before it) and the mask's
+        bound on top of every level's outputs."""
+        pixels = padded_pixels(height, width)
+        floor = (
+            self.held_floor_bytes(height, width) if held else self.min_budget_bytes(height, width)
+        )
+        kept = math.ceil(self.held_bytes_per_pixel * pixels) if held else 0
+        output_bytes = 3 * 8 + FLOAT_BYTES * self.num_logits + 1  # coordinates, logits, flag
+        worst, outputs = floor, 0
+        for level, stage in enumerate(self.decoder_bytes(active_sites, held)):
+            worst = max(worst, outputs + (kept if level <= 2 else 0) + stage)
+            outputs += output_bytes * active_sites[level]
+        return max(worst, outputs + self.mask_bytes(height, width))
+
+    def decoder_bytes(self, active_sites: list[int], held: bool = True) -> list[int]:
         """Predicted working bytes of each level's stage for the given active sites."""
         return [
-            (self.stage_bytes[level] + self.site_bytes[level] * count) if count else 0
+            (self.fixed_stage_bytes(level, held, count) + self.site_bytes[level] * count)
+            if count
+            else 0
             for level, count in enumerate(active_sites)
         ]
 
     def terms(self, active_sites: list[int]) -> list[dict]:
         """What each sparse level's predicted bytes are made of, for the given active sites:
         activations (the live floats of a sparse block, plus a parent's floats per child),
-        rulebook (index pairs), coordinates, the fixed filter copies, and what calibration
-        measured on top of the analytic per-site bytes. Level 0 (dense) and empty levels give
-        their sites only. The analytic terms are those of `analytic`."""
+        rulebook (index pairs), coordinates, the fixed filter copies, recomputing the skip at
+        the sites (tile indices per site, one chunk of tiles; levels 1 and 2 as when the
+        encoder keeps their maps) and what calibration measured on top of the analytic
+        per-site bytes. Level 0 (dense) and empty levels give their sites only. The analytic
+        terms are those of `analytic`; they are `COST_TERMS`."""
         if not self.decoder_widths:
             raise ValueError(
                 "terms need the decoder widths: build the cost with MemoryCost.analytic, or "
@@ -114,7 +202,8 @@ class MemoryCost:
                 rows.append({"level": level, "sites": sites})
                 continue
             activations = FLOAT_BYTES * LIVE_TENSORS_PER_SITE * widths[level] + widths[level - 1]
-            analytic = activations + RULEBOOK_BYTES_PER_SITE + COORD_BYTES_PER_SITE
+            index = RECOMPUTE_BYTES_PER_SITE if level < len(widths) - 1 else 0
+            analytic = activations + RULEBOOK_BYTES_PER_SITE + COORD_BYTES_PER_SITE + index
             rows.append(
                 {
                     "level": level,
@@ -123,21 +212,56 @@ class MemoryCost:
                     "rulebook_bytes": sites * RULEBOOK_BYTES_PER_SITE,
                     "coords_bytes": sites * COORD_BYTES_PER_SITE,
                     "filters_bytes": self.stage_bytes[level],
+                    "recompute_bytes": sites * index
+                    + self.fixed_stage_bytes(level, sites=sites)
+                    - self.stage_bytes[level],
                     "calibration_extra_bytes": sites * max(self.site_bytes[level] - analytic, 0),
                 }
             )
         return rows
 
 
+# Tall enough that every streamed unit of the encoder holds its full band of rows (shorter
+# images hold fewer: the fit over-covers them).
+FLOOR_SIZES = ((512, 32), (512, 256), (768, 128), (1024, 64))
+
+
+def before_mask(prediction) -> int:
+    """The peak of every phase of an inference but the mask's (`mask_bytes` bounds it)."""
+    return max(peak for phase, peak in prediction.phase_peaks.items() if phase != "mask")
+
+
+def fit_floor(peaks: list[tuple[int, int, int]]) -> tuple[int, float, float]:
+    """(fixed, per padded pixel, per padded column) bytes that cover every (height, width,
+    peak) given: a least-squares fit, no term negative, its fixed part raised by the largest
+    shortfall, everything plus 2 %."""
+    design = torch.tensor(
+        [[1.0, padded_pixels(h, w), padded_width(w)] for h, w, _ in peaks], dtype=torch.float64
+    )
+    target = torch.tensor([[float(p)] for _, _, p in peaks], dtype=torch.float64)
+    terms = torch.linalg.lstsq(design, target).solution[:, 0].clamp(min=0)
+    shortfall = float((target[:, 0] - design @ terms).max().clamp(min=0))
+    fixed, per_pixel, per_column = terms.tolist()
+    return math.ceil(1.02 * (fixed + shortfall)), 1.02 * per_pixel, 1.02 * per_column
+
+
 def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512))) -> MemoryCost:
     """Measures the cost terms of `model` on `device` and keeps the larger of measured and
-    analytic per term. Runs two `all` and two refine-nothing inferences on random images."""
-    from model.schemes import All, Budget
+    analytic per term. Runs, per size, an `all` inference and two that refine nothing, one
+    keeping the encoder's stride-8 and stride-16 maps (the held floor) and one not (the
+    floor), on random images."""
+    from model.schemes import All, Budget, Nothing
 
-    analytic = MemoryCost.analytic(model.config.decoder_widths, model.config.encoder_widths)
+    config = model.config
+    analytic = MemoryCost.analytic(
+        config.decoder_widths,
+        config.encoder_widths,
+        model.cost.recompute_bytes,
+        model.cost.recompute_tiles,
+        model.num_logits,
+    )
     generator = torch.Generator().manual_seed(0)
     site_bytes = list(analytic.site_bytes)
-    base = []
     for height, width in sizes:
         image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
         run = model.predict(image, All())
@@ -145,18 +269,26 @@ def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512)))
             count = run.active_sites[level]
             phase = f"level{level}"
             measured = (
-                run.phase_peaks[phase] - run.phase_starts[phase] - analytic.stage_bytes[level]
+                run.phase_peaks[phase] - run.phase_starts[phase] - analytic.fixed_stage_bytes(level)
             )
             measured += FLOAT_BYTES * model.config.decoder_widths[level - 1] * count / 4
             site_bytes[level] = max(site_bytes[level], math.ceil(measured / max(count, 1)))
-        nothing = model.predict(image, Budget(1))
-        base.append((padded_pixels(height, width), nothing.peak_bytes))
-    # The refine-nothing peak is measured, not guessed: it is the floor a budget is refused
-    # below. Bytes per pixel are the highest ratio seen (fixed costs inflate it at small sizes,
-    # so it over-covers larger ones) with 2 % of margin; the stem's band is added on top.
-    band = band_bytes_per_column(model.config.encoder_widths)
-    per_pixel = 1.02 * max(peak / pixels for pixels, peak in base)
-    fixed = 0
-    return MemoryCost(
-        site_bytes, analytic.stage_bytes, per_pixel, fixed, band, analytic.decoder_widths
+    # Both floors are measured, not guessed (the first is the floor a budget is refused
+    # below): each is fitted as fixed + per pixel + per column (the encoder's bands) over
+    # FLOOR_SIZES, raised until it covers every image measured, plus 2 %.
+    lean, held = [], []
+    for height, width in FLOOR_SIZES:
+        image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+        lean.append((height, width, before_mask(model.predict(image, Budget(1)))))
+        held.append((height, width, before_mask(model.predict(image, Nothing()))))
+    fixed, per_pixel, per_column = fit_floor(lean)
+    cost = replace(
+        analytic,
+        site_bytes=site_bytes,
+        base_bytes=fixed,
+        base_bytes_per_pixel=per_pixel,
+        band_bytes_per_column=per_column,
     )
+    excess = [(h, w, peak - cost.encoder_bytes(h, w)) for h, w, peak in held]
+    cost.held_bytes, cost.held_bytes_per_pixel, cost.held_bytes_per_column = fit_floor(excess)
+    return cost

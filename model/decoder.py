@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.encoder import BasicBlock, normalise
+from model.encoder import BasicBlock
+from model.regions import SkipSource
 from model.sparse import ActiveSites, SubmanifoldConv2d
 
 # Child k of parent (row, col) sits at (2 row + dy, 2 col + dx), k = 2 dy + dx.
@@ -108,10 +109,13 @@ class RefinementStage(nn.Module):
         self,
         parent_features: Tensor,
         parent_coords: Tensor,
-        skip: Tensor,
+        skip: SkipSource,
         in_image: tuple[int, int],
+        grid: tuple[int, int],
+        batch_size: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (features, coords, logits) of the children that lie in the image."""
+        """Returns (features, coords, logits) of the children that lie in `in_image`;
+        `grid` is the level's padded grid."""
         coords, slot = children_of(parent_coords, in_image)
         if len(coords) == 0:
             empty = parent_features.new_zeros((0, self.channels))
@@ -119,13 +123,11 @@ class RefinementStage(nn.Module):
         features = self.upsample(parent_features).reshape(-1, self.channels)
         if len(slot) < len(features):
             features = features[slot]
-        skip_at_sites = skip[coords[:, 0], :, coords[:, 1], coords[:, 2]]
-        if skip_at_sites.dtype == torch.uint8:  # level 5 may read the image's own pixels
-            skip_at_sites = normalise(skip_at_sites)
+        skip_at_sites = skip.at(coords)
         features = features.add_(self.skip(skip_at_sites))
         del skip_at_sites
         features = batch_norm_(self.bn, features).relu_()
-        sites = ActiveSites(coords, skip.shape[-2:], skip.shape[0], self.key)
+        sites = ActiveSites(coords, grid, batch_size, self.key)
         for block in self.blocks:
             features = block(features, sites)
         return features, coords, self.classifier(features)

@@ -87,59 +87,19 @@ class ResNetEncoder(nn.Module):
             for i in range(1, 5)
         )
 
-    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> list[Tensor]:
-        """`x` is a normalised float batch, zero-padded, or uint8 pixels (B, 3, H, W) whose
-        content is `size`: then the stem runs in bands of rows and the float image never
-        exists whole (12 bytes a pixel saved); the padding is zero after normalising, as in
-        the float batch."""
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """The five maps of a normalised float batch, whole (training and the reference
+        path; `model.regions` computes the same maps from uint8 pixels window by window)."""
         if x.shape[-2] % 32 or x.shape[-1] % 32:
             raise ValueError(f"input sides must be multiples of 32, got {tuple(x.shape[-2:])}")
-        if x.dtype == torch.uint8:
-            features = [self.stem_in_bands(x, size or tuple(x.shape[-2:]))]
-        else:
-            features = [self.stem(x)]
+        features = [self.stem(x)]
         for stage in self.stages:
             features.append(stage(features[-1]))
         return features
 
-    def stem_in_bands(self, pixels: Tensor, size: tuple[int, int]) -> Tensor:
-        """The stem on uint8 pixels, STEM_BAND_ROWS output rows at a time: each band holds
-        only the input rows its 3×3 stride-2 convolution reads (2 r - 1 .. 2 r + 1), as floats
-        with the zero padding around them, in one buffer."""
-        conv, rest = self.stem[0], self.stem[1:]
-        batch, _, height, width = pixels.shape
-        if any(isinstance(layer, BasicBlock) for layer in rest):  # blocks need halos too
-            return self.stem(normalised_band(pixels, 0, height, size)[..., 1:-1])
-        out = None
-        for top in range(0, height // 2, STEM_BAND_ROWS):
-            bottom = min(top + STEM_BAND_ROWS, height // 2)
-            band = normalised_band(pixels, 2 * top - 1, 2 * bottom + 1, size)
-            features = rest(nn.functional.conv2d(band, conv.weight, conv.bias, stride=2))
-            if out is None:
-                out = features.new_empty((batch, features.shape[1], height // 2, width // 2))
-            out[:, :, top:bottom] = features
-            del band, features
-        return out
 
-
-STEM_BAND_ROWS = 32
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-
-
-def normalised_band(pixels: Tensor, first: int, stop: int, size: tuple[int, int]) -> Tensor:
-    """Rows `first` .. `stop - 1` of uint8 pixels as normalised floats, one column of zeros on
-    each side, and zeros wherever the row or column lies outside the content `size`."""
-    batch, _, height, width = pixels.shape
-    band = pixels.new_zeros((batch, 3, stop - first, width + 2), dtype=torch.float32)
-    top, bottom = max(first, 0), min(stop, height, size[0])
-    if bottom > top:
-        inside = band[:, :, top - first : bottom - first, 1 : size[1] + 1]
-        inside.copy_(pixels[:, :, top:bottom, : size[1]])
-        mean = torch.tensor(IMAGE_MEAN, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGE_STD, device=pixels.device).view(1, 3, 1, 1)
-        inside.div_(255.0).sub_(mean).div_(std)
-    return band
 
 
 def normalise(pixels: Tensor) -> Tensor:

@@ -17,16 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.cost import MemoryCost, padded_pixels
+from model.cost import MASK_BYTES_PER_PIXEL, MemoryCost, padded_pixels
 from model.decoder import DenseHead, RefinementStage
 from model.encoder import IMAGE_MEAN, IMAGE_STD, ResNetEncoder, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
 from model.quadtree import block_sizes, canonical_leaves, leaves_to_dense, level_shape
+from model.regions import DenseSkip, encoder_from_pixels, recompute_costs
 from model.schemes import LevelView, Scheme, SchemeRun
 
 LEVELS = 6
-# Painting the mask and finding its canonical leaves, at their peak (uint8 maps).
-MASK_BYTES_PER_PIXEL = 16
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,7 @@ class QGNOutput:
     levels: list[LevelOutput]
     height: int
     width: int
+    held_skips: bool = True  # the encoder kept its stride-8 and stride-16 maps whole
 
     def active_sites(self) -> list[int]:
         return [len(level.coords) for level in self.levels]
@@ -143,15 +143,9 @@ def to_batch(
 
 
 def to_pixels(image: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
-    """An (H, W, 3) uint8 image as (1, 3, H', W') uint8 pixels, zero-padded to multiples of
-    32: what `predict` feeds the network (3 bytes a pixel, where floats would take 12)."""
-    image = as_image(image)
-    height, width = image.shape[:2]
-    pixels = torch.zeros(
-        (1, 3, height + (-height % 32), width + (-width % 32)), dtype=torch.uint8, device=device
-    )
-    pixels[0, :, :height, :width] = image.to(device).permute(2, 0, 1)
-    return pixels
+    """An (H, W, 3) uint8 image as the (1, H, W, 3) uint8 pixels `predict` feeds the network:
+    a view of the caller's image on the CPU (no copy: 3 bytes a pixel stay the caller's)."""
+    return as_image(image).to(device).unsqueeze(0)
 
 
 class QGN(nn.Module):
@@ -170,7 +164,12 @@ class QGN(nn.Module):
             )
             for i in range(1, LEVELS)
         )
-        self.cost = MemoryCost.analytic(config.decoder_widths, config.encoder_widths)
+        self.cost = MemoryCost.analytic(
+            config.decoder_widths,
+            config.encoder_widths,
+            *recompute_costs(self.encoder),
+            self.num_logits,
+        )
         self.folded = False
 
     def fold_batchnorms(self) -> QGN:
@@ -193,28 +192,36 @@ class QGN(nn.Module):
         images: Tensor,
         scheme: Scheme,
         probe: MemoryProbe | NullProbe | None = None,
-        size: tuple[int, int] | None = None,
     ) -> QGNOutput:
-        """Runs the network on a (B, 3, H, W) batch of any size; sides are padded to 32.
+        """Runs the network on a batch of any size; sides are padded to 32.
 
-        `images` is a normalised float batch, or uint8 pixels (`to_pixels`), which the stem
-        reads in bands and level 5 reads at its sites. `size` is the (H, W) of the content
-        when `images` arrive already padded.
+        `images` is a normalised (B, 3, H, W) float batch, whose encoder maps are computed
+        whole (training), or (B, H, W, 3) uint8 pixels (`to_pixels`, inference only), from
+        which `model.regions` computes the same maps without ever holding those at strides
+        2 and 4 whole: they are recomputed at the sites of levels 3 and 4, and level 5 reads
+        the pixels at its sites.
         """
         probe = probe or NullProbe()
-        batch = images.shape[0]
-        height, width = size or images.shape[-2:]
-        pad_h, pad_w = -images.shape[-2] % 32, -images.shape[-1] % 32
         probe.begin_phase("encoder")
-        padded = nn.functional.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
-        features = self.encoder(padded, size=(height, width))
-        # Skips for levels 1..5, dropped as soon as their level has run.
-        skips = [*features[3::-1], padded]
-        del padded
+        if images.dtype == torch.uint8:
+            if self.training:
+                raise RuntimeError("uint8 pixels are for inference: call model.eval() first")
+            batch, height, width = images.shape[:3]
+            hold = scheme.holds_skips(self.cost.held_floor_bytes(height, width))
+            deepest, skips = encoder_from_pixels(self.encoder, images, hold)
+        else:
+            batch, (height, width) = images.shape[0], images.shape[-2:]
+            pad_h, pad_w = -height % 32, -width % 32
+            padded = nn.functional.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+            features = self.encoder(padded)
+            deepest, hold = features[4], True
+            skips = [DenseSkip(map) for map in [*features[3::-1], padded]]
+            del features, padded
+        padded_size = (height + (-height % 32), width + (-width % 32))
 
         probe.begin_phase("level0")
-        dense_features, dense_logits = self.head(features[4])
-        del features
+        dense_features, dense_logits = self.head(deepest)
+        del deepest
         rows, cols = level_shape(height, width, 0, LEVELS)
         grid = torch.stack(
             torch.meshgrid(
@@ -241,9 +248,9 @@ class QGN(nn.Module):
                     coords=coords,
                     live_bytes=probe.live_bytes(),
                     child_site_bytes=self.cost.site_bytes[level + 1],
-                    child_stage_bytes=self.cost.stage_bytes[level + 1] + mask_bytes,
+                    child_stage_bytes=self.cost.fixed_stage_bytes(level + 1, hold) + mask_bytes,
                     later_levels=tuple(
-                        (self.cost.site_bytes[k], self.cost.stage_bytes[k] + mask_bytes)
+                        (self.cost.site_bytes[k], self.cost.fixed_stage_bytes(k, hold) + mask_bytes)
                         for k in range(level + 2, LEVELS)
                     ),
                 )
@@ -260,10 +267,12 @@ class QGN(nn.Module):
                 parent_coords,
                 skips[level],
                 level_shape(height, width, level + 1, LEVELS),
+                level_shape(*padded_size, level + 1, LEVELS),
+                batch,
             )
             skips[level] = None
             del parent_features
-        return QGNOutput(levels, height, width)
+        return QGNOutput(levels, height, width, hold)
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray | Tensor, scheme: Scheme) -> Prediction:
@@ -276,12 +285,12 @@ class QGN(nn.Module):
         with MemoryProbe(device) as probe:
             height, width = image.shape[:2]
             pixels = to_pixels(image, device)
-            output = self(pixels, scheme, probe, size=(height, width))
+            output = self(pixels, scheme, probe)
             del pixels
             probe.begin_phase("mask")
             mask_dtype = torch.uint8 if self.config.num_classes <= 255 else torch.int64
             mask = leaves_to_dense(output.leaves(0), height, width, LEVELS, dtype=mask_dtype)
-            active = output.active_sites()
+            active, held = output.active_sites(), output.held_skips
             del output
             leaves = canonical_leaves(mask, LEVELS)
         if device.type == "cuda":
@@ -293,7 +302,7 @@ class QGN(nn.Module):
             leaves=leaves.cpu(),
             active_sites=active,
             in_image_sites=in_image,
-            decoder_bytes=self.cost.decoder_bytes(active),
+            decoder_bytes=self.cost.decoder_bytes(active, held),
             peak_bytes=probe.peak_bytes,
             latency_s=latency,
             device=device.type,

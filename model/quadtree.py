@@ -140,25 +140,32 @@ def canonical_leaves(mask: Tensor, levels: int = DEFAULT_LEVELS) -> Tensor:
 
     A block is a leaf iff its in-image pixels share one value and its parent's do not; every
     value of `mask` counts as a class, 255 included. Returns (N, 4) int64 rows of
-    (level, row, col, class), ordered by level, then row-major. Works in the mask's own dtype
-    (a uint8 mask costs ~3 bytes per pixel).
+    (level, row, col, class), ordered by level, then row-major. Beyond the extrema pyramid
+    (a third of a byte per pixel of a uint8 mask) it works only on the children of split
+    blocks, so no pixel-sized map is made.
     """
     mask = _check_mask(mask)
     if mask.min() < 0:
         raise ValueError("label values must be >= 0")
     height, width = mask.shape
     found = []
-    parent_uniform = None
+    split = None  # (rows, cols) of the previous level's blocks that are not uniform
     for level, (lo, hi) in enumerate(block_extrema(mask, None, levels)):
         rows, cols = level_shape(height, width, level, levels)
-        lo, hi = lo[:rows, :cols], hi[:rows, :cols]
-        uniform = lo == hi
-        leaf = uniform
-        if parent_uniform is not None:
-            leaf = uniform & ~_upsample2(parent_uniform)[:rows, :cols]
-        r, c = leaf.nonzero(as_tuple=True)
-        found.append(_leaf_rows(level, r, c, lo[r, c].to(torch.int64)))
-        parent_uniform = uniform
+        if split is None:
+            r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+            r, c = r.reshape(-1), c.reshape(-1)
+        else:
+            r = (2 * split[0][:, None] + torch.tensor([0, 0, 1, 1])).reshape(-1)
+            c = (2 * split[1][:, None] + torch.tensor([0, 1, 0, 1])).reshape(-1)
+            inside = (r < rows) & (c < cols)
+            r, c = r[inside], c[inside]
+            order = torch.argsort(r * cols + c)
+            r, c = r[order], c[order]
+        low, high = lo[r, c], hi[r, c]
+        uniform = low == high
+        found.append(_leaf_rows(level, r[uniform], c[uniform], low[uniform].to(torch.int64)))
+        split = (r[~uniform], c[~uniform])
     return torch.cat(found)
 
 
@@ -206,22 +213,17 @@ def leaves_to_dense(
     Pixels that no leaf covers keep `fill`.
     """
     leaves = _check_leaves(leaves, height, width, levels)
-    out = torch.full((height, width), fill, dtype=dtype)
-    for level, size in enumerate(block_sizes(levels)):
+    sizes = block_sizes(levels)
+    rows, cols = level_shape(height, width, 0, levels)
+    # Painted in place, coarse to fine, into a map padded to whole level-0 blocks: each
+    # level's leaves are blocks of a (rows, size, cols, size) view of it.
+    out = torch.full((rows * sizes[0], cols * sizes[0]), fill, dtype=dtype)
+    for level, size in enumerate(sizes):
         at_level = leaves[leaves[:, 0] == level]
-        if len(at_level) == 0:
-            continue
-        shape = level_shape(height, width, level, levels)
-        classes = _level_grid(at_level, at_level[:, 3].to(dtype), shape, 0, False)
-        painted = _level_grid(
-            at_level, torch.ones(len(at_level), dtype=torch.bool), shape, False, False
-        )
-        out = torch.where(
-            _expand_blocks(painted, size, height, width),
-            _expand_blocks(classes, size, height, width),
-            out,
-        )
-    return out
+        if len(at_level):
+            blocks = out.view(out.shape[0] // size, size, out.shape[1] // size, size)
+            blocks[at_level[:, 1], :, at_level[:, 2], :] = at_level[:, 3].to(dtype)[:, None, None]
+    return out[:height, :width]
 
 
 def leaf_coverage(leaves: Tensor, height: int, width: int, levels: int = DEFAULT_LEVELS) -> Tensor:

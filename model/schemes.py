@@ -173,6 +173,12 @@ class Scheme(ABC):
         """What this scheme ran as; read after the run (a cap knows then whether it bound)."""
         return SchemeRun(self.name)
 
+    def holds_skips(self, held_floor_bytes: int) -> bool:
+        """Whether the encoder keeps its stride-8 and stride-16 maps whole (fast) rather than
+        recomputing them at the sites of levels 1 and 2 (least memory); `held_floor_bytes` is
+        the peak of a run that keeps them and refines nothing. Only budgets say no."""
+        return True
+
 
 class All(Scheme):
     """QGN-All: every site propagates; the high-memory, best-accuracy scheme."""
@@ -181,6 +187,16 @@ class All(Scheme):
 
     def select(self, view: LevelView) -> Tensor:
         return torch.ones(len(view.logits), dtype=torch.bool, device=view.logits.device)
+
+
+class Nothing(Scheme):
+    """Refines nothing, keeping the encoder's maps as every scheme but a small budget does:
+    what calibration measures the held floor with."""
+
+    name = "none"
+
+    def select(self, view: LevelView) -> Tensor:
+        return torch.zeros(len(view.logits), dtype=torch.bool, device=view.logits.device)
 
 
 class PredictedComposite(Scheme):
@@ -278,6 +294,9 @@ class Budget(Scheme):
     def ran(self) -> SchemeRun:
         return SchemeRun(self.name, budget_mb=self.budget_mb, capped=self.capped)
 
+    def holds_skips(self, held_floor_bytes: int) -> bool:
+        return held_floor_bytes <= self.budget_bytes
+
 
 class Oracle(Scheme):
     """The ground-truth composite sites: the upper bound of `pc`, and teacher forcing in
@@ -319,6 +338,9 @@ class Capped(Scheme):
             prob = torch.where(chosen, prob, torch.full_like(prob, -1.0))
             kept[torch.topk(prob, room, sorted=False).indices] = True
         return kept
+
+    def holds_skips(self, held_floor_bytes: int) -> bool:
+        return self.inner.holds_skips(held_floor_bytes) and self.cap.holds_skips(held_floor_bytes)
 
     def ran(self) -> SchemeRun:
         inner = self.inner.ran()

@@ -2,9 +2,9 @@
 
 - `budget`: the budget in force (the `Budget` planner keeps the measured peak under it), or
   `all`'s prediction when that is lower.
-- `all`: the cost model's bound, computed from the in-image site counts of every level: the
-  refine-nothing floor plus the costliest decoder stage (`MemoryCost.decoder_bytes`), plus
-  5 % (measured with the calibrated cost: 0.99–1.06 × the peak without it from 256×512 up).
+- `all`: the cost model's bound (`MemoryCost.run_peak_bytes`) from the in-image site counts of
+  every level: the floor, each level's stage over what is live when it starts, the mask; plus
+  5 %.
 - `pc` and `threshold`: what they refine depends on the image, and no logits exist before the
   request runs, so the prediction is statistical: the highest measured peak over the floor of
   the same size among this scheme's (and threshold's, to 0.05) recent requests, times a
@@ -52,10 +52,9 @@ class PeakPredictor:
         return (request.name, round(round(request.threshold / THRESHOLD_STEP) * THRESHOLD_STEP, 2))
 
     def all_bytes(self, height: int, width: int) -> int:
-        """`all`'s peak bound: the floor plus the costliest decoder stage at every site."""
+        """`all`'s peak bound: the cost model's bound of a run refining every site."""
         sites = [math.prod(level_shape(height, width, level, LEVELS)) for level in range(LEVELS)]
-        stage = max(self.cost.decoder_bytes(sites)[1:])
-        return math.ceil(ALL_MARGIN * (self.cost.min_budget_bytes(height, width) + stage))
+        return math.ceil(ALL_MARGIN * self.cost.run_peak_bytes(height, width, sites))
 
     def predict(self, request: SchemeRequest, height: int, width: int, cap_mb: float | None) -> int:
         """Predicted peak bytes of `request` on an image of this size, under the server's

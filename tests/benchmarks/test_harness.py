@@ -11,6 +11,7 @@ import torch
 from benchmarks import run
 from benchmarks.analysis import growth_exponent
 from benchmarks.measure import schedule
+from model.cost import COST_TERMS
 from model.data import CLASSES, PALETTE
 from model.evaluate import confusion, mean_iou
 from model.qgn import qgn_tiny
@@ -99,7 +100,7 @@ def test_fits_targets_markdown_and_plots_are_written(quick_run):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-TERMS = ("activations", "rulebook", "coords", "filters", "calibration_extra")
+TERMS = COST_TERMS
 
 
 def test_the_profile_splits_the_cost_each_level_ran_with(quick_run):

@@ -1,0 +1,399 @@
+"""The encoder computed over windows of its maps, from uint8 pixels: exact, and never whole.
+
+A zero-padded k×k convolution of stride s, read over output rows g0 .. g1 - 1, needs input rows
+s g0 - k//2 .. s (g1 - 1) + k//2 and nothing else; a residual block needs one more row of its
+first convolution on each side. So any window of any encoder map can be computed from a window
+of pixels with unpadded ("valid") convolutions, provided every intermediate map is zero where
+it lies outside its grid, as the zero padding of the whole-map network makes it.
+
+A `Windows` is a batch of equal-sized windows, one origin each, so the tiles around the sites
+of levels 3 and 4 (`SitesFromPixels`) and the bands of rows of the first pass (`RowStream`,
+`stream_encoder`) run the same code. `SkipSource` is what a decoder level reads its skip
+features from: a dense map, the pixels themselves (level 5) or the encoder recomputed at its
+sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from model.encoder import IMAGE_MEAN, IMAGE_STD, BasicBlock, normalise
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Windows of one map: `origins` (T, 3) as (batch, top, left) in the map's own
+    coordinates, all `height` × `width`; `grid` is the map's (rows, cols)."""
+
+    origins: Tensor
+    height: int
+    width: int
+    grid: tuple[int, int]
+
+    def needed_by(self, kernel: int, stride: int, grid: tuple[int, int]) -> Windows:
+        """The windows of the input map (of `grid`) that a zero-padded convolution reads to
+        produce these windows."""
+        pad = kernel // 2
+        origins = self.origins.clone()
+        origins[:, 1:] = stride * self.origins[:, 1:] - pad
+        return Windows(
+            origins,
+            stride * (self.height - 1) + kernel,
+            stride * (self.width - 1) + kernel,
+            grid,
+        )
+
+    def grown(self, margin: int) -> Windows:
+        origins = self.origins.clone()
+        origins[:, 1:] -= margin
+        return Windows(origins, self.height + 2 * margin, self.width + 2 * margin, self.grid)
+
+    def offset_in(self, outer: Windows) -> tuple[int, int]:
+        """Where these windows start inside `outer` (the same for every window)."""
+        return (
+            int(self.origins[0, 1] - outer.origins[0, 1]),
+            int(self.origins[0, 2] - outer.origins[0, 2]),
+        )
+
+    def zero_outside(self, x: Tensor) -> Tensor:
+        """`x` (T, C, height, width) with every position outside the grid set to zero, in
+        place: what zero padding makes of the whole map."""
+        rows = self.origins[:, 1:2] + torch.arange(self.height, device=x.device)
+        cols = self.origins[:, 2:3] + torch.arange(self.width, device=x.device)
+        row_in = (rows >= 0) & (rows < self.grid[0])
+        col_in = (cols >= 0) & (cols < self.grid[1])
+        if bool(row_in.all()) and bool(col_in.all()):
+            return x
+        inside = row_in[:, None, :, None] & col_in[:, None, None, :]
+        return x.mul_(inside)
+
+
+def units_of(encoder: nn.Module, stages: int) -> list[nn.Module]:
+    """The encoder's layers up to the output of `stages` stride-2 stages after the stem
+    (0: the stem's stride-2 map, 1: stride 4, ...), as units `run_unit` knows: the stem's
+    convolution (with its norm and ReLU) and residual blocks."""
+    stem = list(encoder.stem)
+    units: list[nn.Module] = [nn.Sequential(*stem[:3]), *stem[3:]]
+    for stage in list(encoder.stages)[:stages]:
+        units.extend(stage)
+    return units
+
+
+def unit_input(unit: nn.Module, out: Windows, grid_in: tuple[int, int]) -> Windows:
+    """The input windows a unit reads to produce `out`."""
+    if isinstance(unit, BasicBlock):
+        conv = unit.conv1
+        return out.grown(1).needed_by(3, conv.stride[0], grid_in)
+    return out.needed_by(3, unit[0].stride[0], grid_in)
+
+
+def conv_valid(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    return nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride)
+
+
+def run_unit(unit: nn.Module, x: Tensor, x_windows: Windows, out: Windows) -> Tensor:
+    """One unit on windows `x_windows` of its input (exactly `unit_input(unit, out)`), giving
+    windows `out` of its output, zero outside the output grid."""
+    if not isinstance(unit, BasicBlock):
+        conv, norm, relu = unit
+        return out.zero_outside(relu(norm(conv_valid(conv, x))))
+    hidden = out.grown(1).zero_outside(unit.relu(unit.bn1(conv_valid(unit.conv1, x))))
+    y = unit.bn2(conv_valid(unit.conv2, hidden))
+    del hidden
+    reads = out.needed_by(1, unit.conv1.stride[0], x_windows.grid)  # the 1×1 shortcut
+    top, left = reads.offset_in(x_windows)
+    shortcut_in = x[..., top : top + reads.height, left : left + reads.width]
+    y += unit.shortcut(shortcut_in)
+    return out.zero_outside(unit.relu(y))
+
+
+def plan_windows(units: list[nn.Module], out: Windows, grids: list[tuple[int, int]]) -> list:
+    """The windows of every map from the pixels (first) to `out` (last); `grids` are the
+    maps' grids (`grids_of`)."""
+    windows = [out]
+    for unit, grid in zip(reversed(units), reversed(grids[:-1]), strict=True):
+        windows.append(unit_input(unit, windows[-1], grid))
+    return windows[::-1]
+
+
+def run_units(units: list[nn.Module], pixels: Tensor, windows: list[Windows]) -> Tensor:
+    """The units over `windows` (from `plan_windows`), starting from the pixels."""
+    x = pixel_patches(pixels, windows[0])
+    for unit, x_windows, out in zip(units, windows[:-1], windows[1:], strict=True):
+        x = run_unit(unit, x, x_windows, out)
+    return x
+
+
+def grids_of(units: list[nn.Module], pixel_grid: tuple[int, int]) -> list[tuple[int, int]]:
+    """The grids of the padded pixels, then of each unit's output."""
+    grids = [pixel_grid]
+    for unit in units:
+        stride = (unit.conv1 if isinstance(unit, BasicBlock) else unit[0]).stride[0]
+        grids.append((grids[-1][0] // stride, grids[-1][1] // stride))
+    return grids
+
+
+def pixel_patches(pixels: Tensor, windows: Windows) -> Tensor:
+    """Windows of the normalised image, (T, 3, height, width) floats: zero outside the
+    image content, as the padded whole-image batch is after normalising. `pixels` is
+    (B, H, W, 3) uint8, unpadded."""
+    _, height, width, _ = pixels.shape
+    count = windows.origins.shape[0]
+    rows = windows.origins[:, 1:2] + torch.arange(windows.height, device=pixels.device)
+    cols = windows.origins[:, 2:3] + torch.arange(windows.width, device=pixels.device)
+    row_in = (rows >= 0) & (rows < height)
+    col_in = (cols >= 0) & (cols < width)
+    batch = windows.origins[:, 0].view(count, 1, 1)
+    gathered = pixels[
+        batch, rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
+    ]  # (T, h, w, 3) uint8
+    patch = gathered.permute(0, 3, 1, 2).float()
+    del gathered
+    mean = torch.tensor(IMAGE_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=pixels.device).view(1, 3, 1, 1)
+    patch.div_(255.0).sub_(mean).div_(std)
+    return patch.mul_(row_in[:, None, :, None] & col_in[:, None, None, :])
+
+
+def padded_grid(pixels: Tensor) -> tuple[int, int]:
+    return (-(-pixels.shape[1] // 32) * 32, -(-pixels.shape[2] // 32) * 32)
+
+
+class RowStream:
+    """One unit applied to a map that arrives a band of rows at a time, all columns: it keeps
+    only the input rows its next output rows read, so no map is ever whole."""
+
+    def __init__(
+        self,
+        unit: nn.Module,
+        grid_in: tuple[int, int],
+        grid_out: tuple[int, int],
+        min_rows: int,
+    ):
+        self.unit, self.grid_in, self.grid_out = unit, grid_in, grid_out
+        self.min_rows = min_rows
+        first = unit_input(
+            unit, Windows(torch.zeros(1, 3, dtype=torch.long), 1, 1, grid_out), grid_in
+        )
+        self.read_top, self.read_rows = int(first.origins[0, 1]), first.height
+        self.stride = grid_in[0] // grid_out[0]
+        self.rows: Tensor | None = None  # buffered input rows, from global row self.first
+        self.first = 0
+        self.done = 0  # output rows emitted so far
+
+    def push(self, rows: Tensor | None, ended: bool = False) -> Tensor | None:
+        """Adds the next input rows; returns every output row they complete (all that are
+        left once the input has `ended`), or None."""
+        if rows is not None and rows.shape[2]:
+            self.rows = rows if self.rows is None else torch.cat([self.rows, rows], dim=2)
+        if self.rows is None:
+            return None
+        available = self.first + self.rows.shape[2]
+        stop = self.done
+        while stop < self.grid_out[0] and (
+            ended or self.read_top + self.stride * stop + self.read_rows <= available
+        ):
+            stop += 1
+        if stop == self.done or (stop - self.done < self.min_rows and not ended):
+            return None
+        batch = self.rows.shape[0]
+        origins = torch.tensor([[b, self.done, 0] for b in range(batch)], device=self.rows.device)
+        out = Windows(origins, stop - self.done, self.grid_out[1], self.grid_out)
+        reads = unit_input(self.unit, out, self.grid_in)
+        top = int(reads.origins[0, 1])
+        left = int(reads.origins[0, 2])
+        begin, end = max(top, self.first), min(top + reads.height, available)
+        patch = nn.functional.pad(
+            self.rows[:, :, begin - self.first : end - self.first],
+            (-left, left + reads.width - self.grid_in[1], begin - top, top + reads.height - end),
+        )
+        result = run_unit(self.unit, patch, reads, out)
+        del patch
+        self.done = stop
+        keep_from = self.read_top + self.stride * stop - self.first
+        self.rows = self.rows[:, :, max(keep_from, 0) :] if stop < self.grid_out[0] else None
+        self.first += max(keep_from, 0)
+        return result
+
+
+# Pixel rows per band of the first pass.
+PIXEL_BAND_ROWS = 16
+
+
+def stream_encoder(
+    encoder: nn.Module, pixels: Tensor, stages: int, keep: tuple[int, ...], min_rows: int
+) -> dict[int, Tensor]:
+    """Runs the stem and `stages` stages over (B, H, W, 3) uint8 pixels, PIXEL_BAND_ROWS rows
+    at a time, each unit computing at least `min_rows` output rows per call (fewer, larger
+    calls against a smaller working set), and returns whole only the maps of the strides in
+    `keep`."""
+    units = units_of(encoder, stages)
+    grids = grids_of(units, padded_grid(pixels))
+    streams = [RowStream(u, grids[i], grids[i + 1], min_rows) for i, u in enumerate(units)]
+    # A stride's map is the output of the last unit at that stride.
+    stride_of = [grids[0][0] // grids[i + 1][0] for i in range(len(units))]
+    ends = {max(i for i, s in enumerate(stride_of) if s == stride): stride for stride in keep}
+    batch = pixels.shape[0]
+    maps = {
+        stride: torch.empty(
+            (batch, encoder.out_channels[encoder.strides.index(stride)], *grids[end + 1]),
+            device=pixels.device,
+        )
+        for end, stride in ends.items()
+    }
+    written = dict.fromkeys(keep, 0)
+    for top in [*range(0, grids[0][0], PIXEL_BAND_ROWS), None]:
+        ended = top is None
+        rows = None
+        if not ended:
+            origins = torch.tensor([[b, top, 0] for b in range(batch)], device=pixels.device)
+            height = min(PIXEL_BAND_ROWS, grids[0][0] - top)
+            rows = pixel_patches(pixels, Windows(origins, height, grids[0][1], grids[0]))
+        for index, stream in enumerate(streams):
+            rows = stream.push(rows, ended)
+            if rows is None and not ended:
+                break
+            if index in ends and rows is not None:
+                stride = ends[index]
+                maps[stride][:, :, written[stride] : written[stride] + rows.shape[2]] = rows
+                written[stride] += rows.shape[2]
+    return maps
+
+
+class SkipSource:
+    """Where a decoder level reads its skip features: `at(coords)` gives (N, C) floats for
+    (N, 3) (batch, row, col) sites."""
+
+    def at(self, coords: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class DenseSkip(SkipSource):
+    def __init__(self, features: Tensor):
+        self.features = features
+
+    def at(self, coords: Tensor) -> Tensor:
+        return self.features[coords[:, 0], :, coords[:, 1], coords[:, 2]]
+
+
+class PixelSkip(SkipSource):
+    """Level 5 reads the image itself, normalised at its sites."""
+
+    def __init__(self, pixels: Tensor):
+        self.pixels = pixels
+
+    def at(self, coords: Tensor) -> Tensor:
+        return normalise(self.pixels[coords[:, 0], coords[:, 1], coords[:, 2]])
+
+
+# Sites are recomputed in square tiles of this many map positions a side, this many pixels
+# of tile input at most in one go (a few MiB of working maps).
+TILE_SIDE = 8
+CHUNK_PIXELS = 1 << 16
+
+
+class SitesFromPixels(SkipSource):
+    """The encoder map after `stages` stages, computed only in the tiles that hold the
+    requested sites, from the pixels: memory and work follow the sites, not the image."""
+
+    def __init__(self, encoder: nn.Module, pixels: Tensor, stages: int):
+        self.units = units_of(encoder, stages)
+        self.pixels = pixels
+        self.grids = grids_of(self.units, padded_grid(pixels))
+        self.grid = self.grids[-1]
+        self.channels = encoder.out_channels[stages]
+
+    def tile_windows(self, origins: Tensor) -> list[Windows]:
+        return plan_windows(
+            self.units, Windows(origins, TILE_SIDE, TILE_SIDE, self.grid), self.grids
+        )
+
+    def tiles_per_chunk(self) -> int:
+        first = self.tile_windows(torch.zeros(1, 3, dtype=torch.long))[0]
+        return max(1, CHUNK_PIXELS // (first.height * first.width))
+
+    def chunk_bytes(self) -> int:
+        """An upper bound of the working bytes of one chunk of tiles: the uint8 and float
+        pixel patches, then per unit its input and output, and for a residual block its
+        first convolution's output (one row and column wider each side) and a strided
+        shortcut's."""
+        windows = self.tile_windows(torch.zeros(1, 3, dtype=torch.long))
+        area = [w.height * w.width for w in windows]
+        worst = (3 + 4 * 3) * area[0]
+        channels = 3
+        for unit, before, after in zip(self.units, area[:-1], windows[1:], strict=True):
+            block = isinstance(unit, BasicBlock)
+            out = (unit.conv2 if block else unit[0]).out_channels
+            live = channels * before + out * after.height * after.width
+            if block:
+                live += out * (after.height + 2) * (after.width + 2)
+                live += out * after.height * after.width * isinstance(unit.shortcut, nn.Sequential)
+            worst, channels = max(worst, 4 * live), out
+        return worst * self.tiles_per_chunk()
+
+    def at(self, coords: Tensor) -> Tensor:
+        out = torch.empty((len(coords), self.channels), device=coords.device)
+        if len(coords) == 0:
+            return out
+        tiles, tile_of = torch.unique(
+            torch.stack([coords[:, 0], coords[:, 1] // TILE_SIDE, coords[:, 2] // TILE_SIDE], 1),
+            dim=0,
+            return_inverse=True,
+        )
+        per_chunk = self.tiles_per_chunk()
+        for first in range(0, len(tiles), per_chunk):
+            chunk = tiles[first : first + per_chunk]
+            origins = chunk * torch.tensor([1, TILE_SIDE, TILE_SIDE], device=chunk.device)
+            windows = self.tile_windows(origins)
+            features = run_units(self.units, self.pixels, windows)
+            here = ((tile_of >= first) & (tile_of < first + len(chunk))).nonzero()[:, 0]
+            site = coords[here]
+            out[here] = features[
+                tile_of[here] - first, :, site[:, 1] % TILE_SIDE, site[:, 2] % TILE_SIDE
+            ]
+            del features
+        return out
+
+
+def recompute_costs(encoder: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per decoder level (0 to 5), the working bytes of recomputing its skip at its sites,
+    one whole chunk of tiles, and the tiles in a chunk: levels 1 to 4 read strides 16 to 2."""
+    pixels = torch.zeros((1, 32, 32, 3), dtype=torch.uint8)
+    sources = [SitesFromPixels(encoder, pixels, stages) for stages in range(3, -1, -1)]
+    chunk = (0, *(source.chunk_bytes() for source in sources), 0)
+    tiles = (1, *(source.tiles_per_chunk() for source in sources), 1)
+    return chunk, tiles
+
+
+# Output rows per call of each streamed unit: when the stride-8 map is kept anyway, larger
+# calls (faster); when nothing is kept, smaller ones (less memory, slower).
+HELD_STREAM_ROWS = 8
+LEAN_STREAM_ROWS = 4
+
+
+def encoder_from_pixels(
+    encoder: nn.Module, pixels: Tensor, hold_skips: bool = True
+) -> tuple[Tensor, list[SkipSource]]:
+    """From (B, H, W, 3) uint8 pixels: the stride-32 map, and where levels 1 to 5 read their
+    skips. The maps at strides 4 and 2 are recomputed at the sites of levels 3 and 4 only,
+    and level 5 reads the pixels. Those at strides 8 and 16 are small and kept whole when
+    `hold_skips` (fast); otherwise they too are recomputed at their levels' sites (the least
+    memory, and more work per site)."""
+    if hold_skips:
+        stride8 = stream_encoder(encoder, pixels, 2, (8,), HELD_STREAM_ROWS)[8]
+        stride16 = encoder.stages[2](stride8)
+        deepest = encoder.stages[3](stride16)
+        coarse = [DenseSkip(stride16), DenseSkip(stride8)]
+    else:
+        stages = len(encoder.stages)
+        deepest = stream_encoder(encoder, pixels, stages, (32,), LEAN_STREAM_ROWS)[32]
+        coarse = [SitesFromPixels(encoder, pixels, 3), SitesFromPixels(encoder, pixels, 2)]
+    return deepest, [
+        *coarse,
+        SitesFromPixels(encoder, pixels, 1),
+        SitesFromPixels(encoder, pixels, 0),
+        PixelSkip(pixels),
+    ]
