@@ -15,6 +15,7 @@ sites.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -25,50 +26,98 @@ from model.encoder import IMAGE_MEAN, IMAGE_STD, BasicBlock, normalise
 
 @dataclass(frozen=True)
 class Windows:
-    """Windows of one map: `origins` (T, 3) as (batch, top, left) in the map's own
-    coordinates, all `height` × `width`; `grid` is the map's (rows, cols)."""
+    """Windows of one map, all `height` × `width`, on a map of `grid` (rows, cols).
 
-    origins: Tensor
+    `tops` and `lefts` are the (min, max) of the windows' top rows and left columns in the
+    map's own coordinates, kept in Python so that bookkeeping costs no tensor ops. Where the
+    windows differ (tiles), window i starts at `scale * base[i] + shift` ((batch, top, left)
+    rows of `base`, the batch unscaled); where one top-left serves every image of the batch
+    (bands), `base` is None.
+    """
+
+    tops: tuple[int, int]
+    lefts: tuple[int, int]
     height: int
     width: int
     grid: tuple[int, int]
+    base: Tensor | None = None
+    scale: int = 1
+    shift: int = 0
+
+    @property
+    def origins(self) -> Tensor | None:
+        """(T, 3) (batch, top, left) of each window, or None for a band."""
+        if self.base is None:
+            return None
+        origins = self.base * torch.tensor([1, self.scale, self.scale], device=self.base.device)
+        origins[:, 1:] += self.shift
+        return origins
+
+    @classmethod
+    def band(cls, top: int, height: int, grid: tuple[int, int]) -> Windows:
+        """Rows top .. top + height - 1, every column."""
+        return cls((top, top), (0, 0), height, grid[1], grid)
+
+    @classmethod
+    def tiles(cls, origins: Tensor, side: int, grid: tuple[int, int]) -> Windows:
+        bounds = origins[:, 1:].amin(0).tolist() + origins[:, 1:].amax(0).tolist()
+        return cls((bounds[0], bounds[2]), (bounds[1], bounds[3]), side, side, grid, origins)
+
+    def moved(self, scale: int, shift: int, height: int, width: int, grid) -> Windows:
+        """Origins scale * origin + shift, with the given size and grid."""
+        tops = (scale * self.tops[0] + shift, scale * self.tops[1] + shift)
+        lefts = (scale * self.lefts[0] + shift, scale * self.lefts[1] + shift)
+        return Windows(
+            tops,
+            lefts,
+            height,
+            width,
+            grid,
+            self.base,
+            scale * self.scale,
+            scale * self.shift + shift,
+        )
 
     def needed_by(self, kernel: int, stride: int, grid: tuple[int, int]) -> Windows:
         """The windows of the input map (of `grid`) that a zero-padded convolution reads to
         produce these windows."""
-        pad = kernel // 2
-        origins = self.origins.clone()
-        origins[:, 1:] = stride * self.origins[:, 1:] - pad
-        return Windows(
-            origins,
-            stride * (self.height - 1) + kernel,
-            stride * (self.width - 1) + kernel,
-            grid,
-        )
+        height, width = stride * (self.height - 1) + kernel, stride * (self.width - 1) + kernel
+        return self.moved(stride, -(kernel // 2), height, width, grid)
 
     def grown(self, margin: int) -> Windows:
-        origins = self.origins.clone()
-        origins[:, 1:] -= margin
-        return Windows(origins, self.height + 2 * margin, self.width + 2 * margin, self.grid)
+        return self.moved(1, -margin, self.height + 2 * margin, self.width + 2 * margin, self.grid)
 
     def offset_in(self, outer: Windows) -> tuple[int, int]:
         """Where these windows start inside `outer` (the same for every window)."""
-        return (
-            int(self.origins[0, 1] - outer.origins[0, 1]),
-            int(self.origins[0, 2] - outer.origins[0, 2]),
-        )
+        return self.tops[0] - outer.tops[0], self.lefts[0] - outer.lefts[0]
 
     def zero_outside(self, x: Tensor) -> Tensor:
         """`x` (T, C, height, width) with every position outside the grid set to zero, in
         place: what zero padding makes of the whole map."""
-        rows = self.origins[:, 1:2] + torch.arange(self.height, device=x.device)
-        cols = self.origins[:, 2:3] + torch.arange(self.width, device=x.device)
-        row_in = (rows >= 0) & (rows < self.grid[0])
-        col_in = (cols >= 0) & (cols < self.grid[1])
-        if bool(row_in.all()) and bool(col_in.all()):
+        rows, cols = self.grid
+        if (
+            self.tops[0] >= 0
+            and self.lefts[0] >= 0
+            and self.tops[1] + self.height <= rows
+            and self.lefts[1] + self.width <= cols
+        ):
             return x
-        inside = row_in[:, None, :, None] & col_in[:, None, None, :]
-        return x.mul_(inside)
+        if self.base is None:  # one top-left for all: zero the outside rows and columns
+            top, left = self.tops[0], self.lefts[0]
+            if top < 0:
+                x[..., :-top, :] = 0
+            if top + self.height > rows:
+                x[..., max(rows - top, 0) :, :] = 0
+            if left < 0:
+                x[..., :-left] = 0
+            if left + self.width > cols:
+                x[..., max(cols - left, 0) :] = 0
+            return x
+        origins = self.origins
+        row = origins[:, 1:2] + torch.arange(self.height, device=x.device)
+        col = origins[:, 2:3] + torch.arange(self.width, device=x.device)
+        inside = ((row >= 0) & (row < rows))[:, None, :, None]
+        return x.mul_(inside & ((col >= 0) & (col < cols))[:, None, None, :])
 
 
 def units_of(encoder: nn.Module, stages: int) -> list[nn.Module]:
@@ -136,24 +185,38 @@ def grids_of(units: list[nn.Module], pixel_grid: tuple[int, int]) -> list[tuple[
     return grids
 
 
+@functools.cache
+def normalising_constants(device: torch.device) -> tuple[Tensor, Tensor]:
+    """The image mean and std as (1, 3, 1, 1) tensors, made once per device."""
+    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+    return mean, torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+
+
 def pixel_patches(pixels: Tensor, windows: Windows) -> Tensor:
     """Windows of the normalised image, (T, 3, height, width) floats: zero outside the
     image content, as the padded whole-image batch is after normalising. `pixels` is
-    (B, H, W, 3) uint8, unpadded."""
+    (B, H, W, 3) uint8, unpadded; bands take every image of the batch."""
     _, height, width, _ = pixels.shape
-    count = windows.origins.shape[0]
-    rows = windows.origins[:, 1:2] + torch.arange(windows.height, device=pixels.device)
-    cols = windows.origins[:, 2:3] + torch.arange(windows.width, device=pixels.device)
+    mean, std = normalising_constants(pixels.device)
+    if windows.base is None:
+        top, left = windows.tops[0], windows.lefts[0]
+        r0, r1 = max(top, 0), min(top + windows.height, height)
+        c0, c1 = max(left, 0), min(left + windows.width, width)
+        patch = pixels[:, r0:r1, c0:c1].permute(0, 3, 1, 2).float()
+        patch.div_(255.0).sub_(mean).div_(std)
+        pads = (c0 - left, left + windows.width - max(c1, c0), r0 - top)
+        return nn.functional.pad(patch, (*pads, top + windows.height - max(r1, r0)))
+    origins = windows.origins
+    rows = origins[:, 1:2] + torch.arange(windows.height, device=pixels.device)
+    cols = origins[:, 2:3] + torch.arange(windows.width, device=pixels.device)
     row_in = (rows >= 0) & (rows < height)
     col_in = (cols >= 0) & (cols < width)
-    batch = windows.origins[:, 0].view(count, 1, 1)
+    batch = origins[:, 0].view(-1, 1, 1)
     gathered = pixels[
         batch, rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]
     ]  # (T, h, w, 3) uint8
     patch = gathered.permute(0, 3, 1, 2).float()
     del gathered
-    mean = torch.tensor(IMAGE_MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=pixels.device).view(1, 3, 1, 1)
     patch.div_(255.0).sub_(mean).div_(std)
     return patch.mul_(row_in[:, None, :, None] & col_in[:, None, None, :])
 
@@ -175,10 +238,8 @@ class RowStream:
     ):
         self.unit, self.grid_in, self.grid_out = unit, grid_in, grid_out
         self.min_rows = min_rows
-        first = unit_input(
-            unit, Windows(torch.zeros(1, 3, dtype=torch.long), 1, 1, grid_out), grid_in
-        )
-        self.read_top, self.read_rows = int(first.origins[0, 1]), first.height
+        first = unit_input(unit, Windows.band(0, 1, grid_out), grid_in)
+        self.read_top, self.read_rows = first.tops[0], first.height
         self.stride = grid_in[0] // grid_out[0]
         self.rows: Tensor | None = None  # buffered input rows, from global row self.first
         self.first = 0
@@ -199,12 +260,9 @@ class RowStream:
             stop += 1
         if stop == self.done or (stop - self.done < self.min_rows and not ended):
             return None
-        batch = self.rows.shape[0]
-        origins = torch.tensor([[b, self.done, 0] for b in range(batch)], device=self.rows.device)
-        out = Windows(origins, stop - self.done, self.grid_out[1], self.grid_out)
+        out = Windows.band(self.done, stop - self.done, self.grid_out)
         reads = unit_input(self.unit, out, self.grid_in)
-        top = int(reads.origins[0, 1])
-        left = int(reads.origins[0, 2])
+        top, left = reads.tops[0], reads.lefts[0]
         begin, end = max(top, self.first), min(top + reads.height, available)
         patch = nn.functional.pad(
             self.rows[:, :, begin - self.first : end - self.first],
@@ -249,9 +307,8 @@ def stream_encoder(
         ended = top is None
         rows = None
         if not ended:
-            origins = torch.tensor([[b, top, 0] for b in range(batch)], device=pixels.device)
             height = min(PIXEL_BAND_ROWS, grids[0][0] - top)
-            rows = pixel_patches(pixels, Windows(origins, height, grids[0][1], grids[0]))
+            rows = pixel_patches(pixels, Windows.band(top, height, grids[0]))
         for index, stream in enumerate(streams):
             rows = stream.push(rows, ended)
             if rows is None and not ended:
@@ -307,9 +364,7 @@ class SitesFromPixels(SkipSource):
         self.channels = encoder.out_channels[stages]
 
     def tile_windows(self, origins: Tensor) -> list[Windows]:
-        return plan_windows(
-            self.units, Windows(origins, TILE_SIDE, TILE_SIDE, self.grid), self.grids
-        )
+        return plan_windows(self.units, Windows.tiles(origins, TILE_SIDE, self.grid), self.grids)
 
     def tiles_per_chunk(self) -> int:
         first = self.tile_windows(torch.zeros(1, 3, dtype=torch.long))[0]
