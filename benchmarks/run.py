@@ -41,8 +41,8 @@ BASELINES = ("dense", "dilated", "tv_deeplabv3_resnet50", "tv_lraspp_mobilenet_v
 TORCHVISION_MISSING = (
     "torchvision is not installed; PyPI's torchvision 0.28.0 (the release for torch "
     "2.13) fails to import beside the torch 2.13.0 CPU build here ('operator torchvision::nms "
-    "does not exist'), so torchvision's deeplabv3_resnet50 / lraspp_mobilenet_v3_large are "
-    "not measured"
+    "does not exist'); `python -m benchmarks.peers` measures torchvision's and SegFormer's "
+    "models from their own venv instead"
 )
 
 # One size for everything plus a pc-only size (two points for pc's exponent): every extra
