@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -214,15 +213,12 @@ def by(results: list[dict], name: str, size: tuple[int, int]) -> dict | None:
 
 
 def growth(results: list[dict], name: str, sizes: list[tuple[int, int]]) -> float | None:
-    """Least-squares exponent k of peak ∝ pixels^k over the sizes measured."""
-    points = [(h * w, by(results, name, (h, w))) for h, w in sizes]
-    points = [(math.log(p), math.log(r["peak_bytes"])) for p, r in points if r]
-    if len(points) < 2:
-        return None
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    return num / sum((x - mean_x) ** 2 for x, _ in points)
+    """Exponent k of peak ∝ pixels^k over the sizes measured (`growth_exponent`)."""
+    from benchmarks.analysis import growth_exponent
+
+    found = [(h * w, by(results, name, (h, w))) for h, w in sizes]
+    found = [(pixels, result["peak_bytes"]) for pixels, result in found if result]
+    return growth_exponent([p for p, _ in found], [b for _, b in found])
 
 
 def markdown(report: dict, sizes: list[tuple[int, int]], peer_sizes: list) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from model.regions import PIXEL_BAND_ROWS
+from model.regions import PIXEL_BAND_ROWS, recomputes
 
 # spconv's int32 pairs, plus one offset's pairs widened to int64 while it is applied.
 RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
@@ -38,10 +38,19 @@ MASK_BYTES_PER_PIXEL = 3
 
 
 def band_bytes_per_column(encoder_widths: tuple[int, ...]) -> float:
-    """The first pass's working band, per padded column: the float pixels of a band of the
-    stride-8 map with its 30 rows of halo, and the stride-2 map they make."""
-    pixel_rows = PIXEL_BAND_ROWS
-    return pixel_rows * 3 * FLOAT_BYTES + (pixel_rows / 2) * encoder_widths[0] * FLOAT_BYTES / 2
+    """The first pass's working band, per padded column: one band of float pixels and the
+    stride-2 rows it makes (`calibrate` measures the real figure)."""
+    return PIXEL_BAND_ROWS * FLOAT_BYTES * (3 + encoder_widths[0] / 4)
+
+
+def site_terms(decoder_widths: tuple[int, ...], level: int) -> tuple[int, int]:
+    """A sparse level's analytic bytes per site beyond the rulebook and coordinates: its
+    activations (the live floats of a block, plus a parent's floats per child) and the tile
+    indices of a recomputed skip (levels 1 to 4)."""
+    activations = FLOAT_BYTES * LIVE_TENSORS_PER_SITE * decoder_widths[level]
+    activations += decoder_widths[level - 1] if level else 0
+    index = RECOMPUTE_BYTES_PER_SITE if 0 < level < len(decoder_widths) - 1 else 0
+    return activations, index
 
 
 def held_bytes_per_pixel(encoder_widths: tuple[int, ...]) -> float:
@@ -77,7 +86,7 @@ class MemoryCost:
     # them, a cost built from measured numbers may carry them).
     decoder_widths: tuple[int, ...] = ()
     # Per level, the working bytes of recomputing its skip at its sites, one chunk of tiles
-    # at a time (`model.regions.recompute_bytes`): levels 3 and 4 always, 1 and 2 when the
+    # at a time (`model.regions.recompute_costs`): levels 3 and 4 always, 1 and 2 when the
     # encoder did not keep their maps.
     recompute_bytes: tuple[int, ...] = ()
     recompute_tiles: tuple[int, ...] = ()  # tiles in such a chunk: fewer sites fill fewer
@@ -93,12 +102,8 @@ class MemoryCost:
         num_logits: int = 32,
     ):
         site_bytes = [
-            FLOAT_BYTES * LIVE_TENSORS_PER_SITE * width
-            + RULEBOOK_BYTES_PER_SITE
-            + COORD_BYTES_PER_SITE
-            + (decoder_widths[level - 1] if level else 0)  # a parent's floats, per child
-            + (RECOMPUTE_BYTES_PER_SITE if 0 < level < len(decoder_widths) - 1 else 0)
-            for level, width in enumerate(decoder_widths)
+            sum(site_terms(decoder_widths, level)) + RULEBOOK_BYTES_PER_SITE + COORD_BYTES_PER_SITE
+            for level in range(len(decoder_widths))
         ]
         stage_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
         # The stride-32 map; the encoder's bands are per column.
@@ -146,9 +151,8 @@ class MemoryCost:
         """A level's fixed working bytes: its filter copies, and the chunk of tiles its skip
         is recomputed in where it is (levels 3 and 4; 1 and 2 unless `held`): a whole chunk,
         or, for a known count of sites, no more tiles than sites."""
-        recomputed = level in (3, 4) or (level in (1, 2) and not held)
         extra = 0
-        if recomputed and self.recompute_bytes:
+        if recomputes(level, held) and self.recompute_bytes:
             extra = self.recompute_bytes[level]
             if sites is not None and self.recompute_tiles:
                 extra = math.ceil(extra * min(1.0, sites / self.recompute_tiles[level]))
@@ -195,14 +199,12 @@ class MemoryCost:
                 "terms need the decoder widths: build the cost with MemoryCost.analytic, or "
                 "set decoder_widths (dataclasses.replace(cost, decoder_widths=...))"
             )
-        widths = self.decoder_widths
         rows = []
         for level, sites in enumerate(active_sites):
             if level == 0 or sites == 0:
                 rows.append({"level": level, "sites": sites})
                 continue
-            activations = FLOAT_BYTES * LIVE_TENSORS_PER_SITE * widths[level] + widths[level - 1]
-            index = RECOMPUTE_BYTES_PER_SITE if level < len(widths) - 1 else 0
+            activations, index = site_terms(self.decoder_widths, level)
             analytic = activations + RULEBOOK_BYTES_PER_SITE + COORD_BYTES_PER_SITE + index
             rows.append(
                 {
@@ -252,14 +254,7 @@ def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512)))
     floor), on random images."""
     from model.schemes import All, Budget, Nothing
 
-    config = model.config
-    analytic = MemoryCost.analytic(
-        config.decoder_widths,
-        config.encoder_widths,
-        model.cost.recompute_bytes,
-        model.cost.recompute_tiles,
-        model.num_logits,
-    )
+    analytic = model.analytic_cost()
     generator = torch.Generator().manual_seed(0)
     site_bytes = list(analytic.site_bytes)
     for height, width in sizes:

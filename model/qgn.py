@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model.cost import MASK_BYTES_PER_PIXEL, MemoryCost, padded_pixels
+from model.cost import MemoryCost
 from model.decoder import DenseHead, RefinementStage
 from model.encoder import IMAGE_MEAN, IMAGE_STD, ResNetEncoder, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
@@ -164,13 +164,18 @@ class QGN(nn.Module):
             )
             for i in range(1, LEVELS)
         )
-        self.cost = MemoryCost.analytic(
+        self.cost = self.analytic_cost()
+        self.folded = False
+
+    def analytic_cost(self) -> MemoryCost:
+        """The memory cost derived from the architecture alone (`calibrate` measures on top)."""
+        config = self.config
+        return MemoryCost.analytic(
             config.decoder_widths,
             config.encoder_widths,
             *recompute_costs(self.encoder),
             self.num_logits,
         )
-        self.folded = False
 
     def fold_batchnorms(self) -> QGN:
         """Folds the dense layers' BatchNorms into their convolutions: inference only (the
@@ -236,7 +241,7 @@ class QGN(nn.Module):
         del dense_features, dense_logits
 
         levels = []
-        mask_bytes = MASK_BYTES_PER_PIXEL * padded_pixels(height, width)
+        mask_bytes = self.cost.mask_bytes(height, width)
         for level in range(LEVELS):
             last = level == LEVELS - 1
             if last:

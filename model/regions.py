@@ -362,20 +362,18 @@ class SitesFromPixels(SkipSource):
         self.grids = grids_of(self.units, padded_grid(pixels))
         self.grid = self.grids[-1]
         self.channels = encoder.out_channels[stages]
-
-    def tile_windows(self, origins: Tensor) -> list[Windows]:
-        return plan_windows(self.units, Windows.tiles(origins, TILE_SIDE, self.grid), self.grids)
-
-    def tiles_per_chunk(self) -> int:
-        first = self.tile_windows(torch.zeros(1, 3, dtype=torch.long))[0]
-        return max(1, CHUNK_PIXELS // (first.height * first.width))
+        # Every tile's windows have one tile's sizes: computed once, without tensors.
+        one_tile = Windows((0, 0), (0, 0), TILE_SIDE, TILE_SIDE, self.grid)
+        self.tile_sizes = plan_windows(self.units, one_tile, self.grids)
+        patch = self.tile_sizes[0]
+        self.tiles_per_chunk = max(1, CHUNK_PIXELS // (patch.height * patch.width))
 
     def chunk_bytes(self) -> int:
         """An upper bound of the working bytes of one chunk of tiles: the uint8 and float
         pixel patches, then per unit its input and output, and for a residual block its
         first convolution's output (one row and column wider each side) and a strided
         shortcut's."""
-        windows = self.tile_windows(torch.zeros(1, 3, dtype=torch.long))
+        windows = self.tile_sizes
         area = [w.height * w.width for w in windows]
         worst = (3 + 4 * 3) * area[0]
         channels = 3
@@ -387,7 +385,7 @@ class SitesFromPixels(SkipSource):
                 live += out * (after.height + 2) * (after.width + 2)
                 live += out * after.height * after.width * isinstance(unit.shortcut, nn.Sequential)
             worst, channels = max(worst, 4 * live), out
-        return worst * self.tiles_per_chunk()
+        return worst * self.tiles_per_chunk
 
     def at(self, coords: Tensor) -> Tensor:
         out = torch.empty((len(coords), self.channels), device=coords.device)
@@ -398,13 +396,17 @@ class SitesFromPixels(SkipSource):
             dim=0,
             return_inverse=True,
         )
-        per_chunk = self.tiles_per_chunk()
-        for first in range(0, len(tiles), per_chunk):
-            chunk = tiles[first : first + per_chunk]
-            origins = chunk * torch.tensor([1, TILE_SIDE, TILE_SIDE], device=chunk.device)
-            windows = self.tile_windows(origins)
-            features = run_units(self.units, self.pixels, windows)
-            here = ((tile_of >= first) & (tile_of < first + len(chunk))).nonzero()[:, 0]
+        # The sites grouped by tile, so that each chunk's sites are one slice.
+        by_tile = torch.argsort(tile_of)
+        ends = [0, *torch.bincount(tile_of, minlength=len(tiles)).cumsum(0).tolist()]
+        scale = torch.tensor([1, TILE_SIDE, TILE_SIDE], device=tiles.device)
+        for first in range(0, len(tiles), self.tiles_per_chunk):
+            last = min(first + self.tiles_per_chunk, len(tiles))
+            tile = Windows.tiles(tiles[first:last] * scale, TILE_SIDE, self.grid)
+            features = run_units(
+                self.units, self.pixels, plan_windows(self.units, tile, self.grids)
+            )
+            here = by_tile[ends[first] : ends[last]]
             site = coords[here]
             out[here] = features[
                 tile_of[here] - first, :, site[:, 1] % TILE_SIDE, site[:, 2] % TILE_SIDE
@@ -419,7 +421,7 @@ def recompute_costs(encoder: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...
     pixels = torch.zeros((1, 32, 32, 3), dtype=torch.uint8)
     sources = [SitesFromPixels(encoder, pixels, stages) for stages in range(3, -1, -1)]
     chunk = (0, *(source.chunk_bytes() for source in sources), 0)
-    tiles = (1, *(source.tiles_per_chunk() for source in sources), 1)
+    tiles = (1, *(source.tiles_per_chunk for source in sources), 1)
     return chunk, tiles
 
 
@@ -437,18 +439,25 @@ def encoder_from_pixels(
     and level 5 reads the pixels. Those at strides 8 and 16 are small and kept whole when
     `hold_skips` (fast); otherwise they too are recomputed at their levels' sites (the least
     memory, and more work per site)."""
+    held: dict[int, Tensor] = {}  # level -> the whole map it reads
     if hold_skips:
         stride8 = stream_encoder(encoder, pixels, 2, (8,), HELD_STREAM_ROWS)[8]
         stride16 = encoder.stages[2](stride8)
         deepest = encoder.stages[3](stride16)
-        coarse = [DenseSkip(stride16), DenseSkip(stride8)]
+        held.update({1: stride16, 2: stride8})
     else:
         stages = len(encoder.stages)
         deepest = stream_encoder(encoder, pixels, stages, (32,), LEAN_STREAM_ROWS)[32]
-        coarse = [SitesFromPixels(encoder, pixels, 3), SitesFromPixels(encoder, pixels, 2)]
-    return deepest, [
-        *coarse,
-        SitesFromPixels(encoder, pixels, 1),
-        SitesFromPixels(encoder, pixels, 0),
-        PixelSkip(pixels),
+    skips: list[SkipSource] = [
+        SitesFromPixels(encoder, pixels, 4 - level)  # level l reads stride 2^(5 - l)
+        if recomputes(level, hold_skips)
+        else DenseSkip(held[level])
+        for level in range(1, 5)
     ]
+    return deepest, [*skips, PixelSkip(pixels)]
+
+
+def recomputes(level: int, held: bool) -> bool:
+    """Whether decoder level `level` reads its skip recomputed at its sites: levels 3 and 4
+    always, 1 and 2 when the encoder did not keep their maps (`held`)."""
+    return level in (3, 4) or (level in (1, 2) and not held)
