@@ -66,6 +66,18 @@ COPY server/ server/
 RUN pip install --no-cache-dir "./[${QGN_EXTRA}]" \
     && pip check
 
+ENV QGN_NATIVE_CACHE=/opt/qgn-native
+# The allocation window (model/allocation_window.cpp: per-request peak memory, counted by
+# torch's allocators) is compiled against this image's torch, here, so that the image needs
+# no compiler at run time; the compiler leaves in the same layer. DL3008 (pin apt versions):
+# as above, the base image pins the distribution and its archive drops superseded versions.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ \
+    && python -m model.allocation_window \
+    && apt-get purge -y --auto-remove g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 # A non-root user; the code, venv and weights stay owned by root and read-only to it. USER is
 # numeric so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 RUN groupadd --system --gid 10001 qgn \

@@ -1,10 +1,14 @@
 """Peak memory of one inference, measured the same way on CPU and CUDA.
 
-On CUDA the caching allocator's own statistics are exact. CPU torch keeps no such statistics,
-so `CpuAllocationTracker` watches every tensor storage created while it is active (through a
-`TorchDispatchMode`, which also sees the buffers spconv allocates through torch) and counts
-its bytes until the storage is freed. Both report bytes allocated *during* the measured
-window: weights and tensors that existed before it do not count.
+Where the allocation window builds (`allocation_window`: torch's allocators report every
+allocation and free of this request's work to a per-thread counter), it measures on both
+devices: exact to the byte, the buffers inside ops included, per request even when several
+run at once, at a few C++ instructions per allocation. Without it (no C++ compiler), CUDA
+falls back to the caching allocator's device-wide statistics and the CPU to
+`CpuAllocationTracker`, a `TorchDispatchMode` that counts the storages ops return (it sees
+what spconv allocates through torch, not the buffers inside ops) at a Python call per op.
+All report bytes allocated *during* the measured window: weights and tensors that existed
+before it do not count.
 
 `MemoryProbe` adds phases: the model asks how many bytes are live now (to decide how many
 sites a memory budget still allows) and how high each phase went.
@@ -12,6 +16,7 @@ sites a memory budget still allows) and how high each phase went.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Iterator
@@ -21,6 +26,9 @@ from typing import ClassVar
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from model import allocation_window
+from model.allocation_window import AllocationWindow
 
 
 def _returns_kind(func) -> str:
@@ -100,6 +108,70 @@ class CpuAllocationTracker(TorchDispatchMode):
         with self._lock:
             self.live_bytes -= self._sizes.pop(key, 0)
 
+    def reset_peak(self) -> None:
+        self.peak_bytes = self.live_bytes
+
+
+@functools.cache
+def windows_count(device_type: str) -> bool:
+    """Whether allocation windows measure `device_type` here: the library builds and a window
+    sees a known allocation (checked once per process, so a torch whose allocator does not
+    report falls back instead of measuring nothing)."""
+    if allocation_window.library() is None:
+        return False
+    with AllocationWindow(device_type) as window:
+        probe = torch.empty(1 << 20, dtype=torch.uint8, device=device_type)
+        seen = window.peak_bytes
+        del probe
+    return seen >= 1 << 20 and window.live_bytes == 0
+
+
+def measurement(device: torch.device | str) -> str:
+    """How `MemoryProbe` measures on `device`: "allocation window", "cuda allocator
+    statistics" or "dispatch tracker"."""
+    device_type = torch.device(device).type
+    if windows_count(device_type):
+        return "allocation window"
+    return "cuda allocator statistics" if device_type == "cuda" else "dispatch tracker"
+
+
+class CudaAllocatorStatistics:
+    """The caching allocator's device-wide counters, from a base taken at the start: exact for
+    one request at a time, shared by all that run at once."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._base = 0
+
+    def __enter__(self) -> CudaAllocatorStatistics:
+        torch.cuda.synchronize(self.device)
+        self._base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @property
+    def live_bytes(self) -> int:
+        return torch.cuda.memory_allocated(self.device) - self._base
+
+    @property
+    def peak_bytes(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device) - self._base
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+
+def counter(device: torch.device):
+    """The counter `measurement(device)` names, not yet opened."""
+    if windows_count(device.type):
+        return AllocationWindow(device)
+    if device.type == "cuda":
+        return CudaAllocatorStatistics(device)
+    return CpuAllocationTracker()
+
 
 class MemoryProbe:
     """Live and peak bytes of one measured window, with per-phase peaks.
@@ -114,56 +186,32 @@ class MemoryProbe:
         self.phase_starts: dict[str, int] = {}
         self.peak_bytes = 0
         self._phase: str | None = None
-        self._tracker: CpuAllocationTracker | None = None
-        self._base = 0
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
+        self._counter = None
 
     def __enter__(self) -> MemoryProbe:
-        if self.is_cuda:
-            torch.cuda.synchronize(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._tracker = CpuAllocationTracker()
-            self._tracker.__enter__()
+        self._counter = counter(self.device)
+        self._counter.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._close_phase()
-        self.peak_bytes = max(self.peak_bytes, self._window_peak())
-        if self._tracker is not None:
-            self._tracker.__exit__(*exc)
+        self._counter.__exit__(*exc)
+        self.peak_bytes = max(self.peak_bytes, self._counter.peak_bytes)
 
     def live_bytes(self) -> int:
-        if self.is_cuda:
-            return torch.cuda.memory_allocated(self.device) - self._base
-        return self._tracker.live_bytes if self._tracker else 0
-
-    def _window_peak(self) -> int:
-        if self.is_cuda:
-            return torch.cuda.max_memory_allocated(self.device) - self._base
-        return self._tracker.peak_bytes if self._tracker else 0
-
-    def _reset_peak(self) -> None:
-        if self.is_cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self._tracker is not None:
-            self._tracker.peak_bytes = self._tracker.live_bytes
+        return self._counter.live_bytes if self._counter else 0
 
     def begin_phase(self, name: str) -> None:
         """Closes the running phase and starts `name`; its peak goes to `phase_peaks`."""
         self._close_phase()
         self._phase = name
         self.phase_starts[name] = self.live_bytes()
-        self._reset_peak()
+        self._counter.reset_peak()
 
     def _close_phase(self) -> None:
         if self._phase is None:
             return
-        peak = self._window_peak()
+        peak = self._counter.peak_bytes
         self.phase_peaks[self._phase] = peak
         self.peak_bytes = max(self.peak_bytes, peak)
         self._phase = None

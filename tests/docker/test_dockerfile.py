@@ -195,3 +195,17 @@ def test_dockerignore_sends_only_what_the_image_copies(steps):
     assert not allowed & {".venv", ".git", "runs", "tests", "out", ".pytest_cache"}
     for generated in ("**/__pycache__", "**/*.egg-info", "**/.pytest_cache"):
         assert generated in patterns
+
+
+def test_the_allocation_window_is_built_into_the_image(steps):
+    """The image measures memory with the compiled window, built against its own torch after
+    the project is installed, into the cache the server reads, with no compiler left behind."""
+    runtime = stages(steps)["runtime"]
+    runs = [args for keyword, args in runtime if keyword == "RUN"]
+    install = next(i for i, args in enumerate(runs) if "pip install --no-cache-dir \"./[" in args)
+    build = next(i for i, args in enumerate(runs) if "python -m model.allocation_window" in args)
+    assert build > install
+    assert "apt-get purge -y --auto-remove g++" in runs[build]
+    assert env_of(runtime)["QGN_NATIVE_CACHE"].startswith("/opt/")
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "allocation_window.cpp" in package_data["package-data"]["model"]
