@@ -130,10 +130,12 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def encode_mask_png(mask: np.ndarray, palette: list[list[int]]) -> bytes:
-    """A palette PNG whose pixel values are the class ids."""
+    """A palette PNG whose pixel values are the class ids. zlib's fastest level: a mask of a
+    few regions compresses well at any level (1024×2048: 25 KB at level 1, 17 KB at the
+    default 6), and level 1 takes 5.9 ms there instead of 8.9."""
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     flat = [channel for colour in palette for channel in colour]
     image.putpalette(flat + [0] * (768 - len(flat)))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    image.save(buffer, format="PNG", optimize=False, compress_level=1)
     return buffer.getvalue()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from model import allocation_window, memory
 from model.qgn import QGN, Prediction
 from model.schemes import MIB, Budget, Scheme, SchemeRequest, make_scheme, mib_to_bytes
 from server.admission import AdmissionQueue, Job
@@ -105,11 +106,15 @@ class Engine:
                 self._oom_to_inject,
                 self._oom_to_inject,
             )
-        if device.type == "cuda" and settings.workers > 1:
+        self.measurement = memory.measurement(device)
+        log.info("peak memory per request measured by the %s", self.measurement)
+        if self.measurement == "cuda allocator statistics" and settings.workers > 1:
             log.warning(
-                "QGN_WORKERS=%d on CUDA: the allocator's peak statistics are per device, so a "
-                "request's peak_memory_bytes includes what the others held meanwhile",
+                "QGN_WORKERS=%d on CUDA without the allocation window (%s): the allocator's "
+                "peak statistics are per device, so a request's peak_memory_bytes includes "
+                "what the others held meanwhile",
                 settings.workers,
+                allocation_window.unavailable_reason(),
             )
         metrics.workers.set(settings.workers)
         metrics.device_memory_budget.set(self.device_memory_bytes)

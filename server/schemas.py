@@ -71,6 +71,11 @@ class ModelInfo(BaseModel):
     limits: Limits
     default_scheme: str
     memory_budget_mb: float | None
+    memory_measurement: str = Field(
+        description="how peak_memory_bytes is measured: allocation window (per request, by "
+        "torch's allocators), dispatch tracker (CPU fallback, per op) or cuda allocator "
+        "statistics (fallback, device-wide)"
+    )
     evaluation: Any = None
 
 

@@ -28,5 +28,6 @@ def model_info(engine: LoadedEngine) -> ModelInfo:
         limits=Limits(max_upload_mb=settings.max_upload_mb, max_pixels=settings.max_pixels),
         default_scheme=settings.default_scheme,
         memory_budget_mb=settings.memory_budget_mb,
+        memory_measurement=engine.measurement,
         evaluation=card.get("evaluation"),
     )

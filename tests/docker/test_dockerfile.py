@@ -202,7 +202,7 @@ def test_the_allocation_window_is_built_into_the_image(steps):
     the project is installed, into the cache the server reads, with no compiler left behind."""
     runtime = stages(steps)["runtime"]
     runs = [args for keyword, args in runtime if keyword == "RUN"]
-    install = next(i for i, args in enumerate(runs) if "pip install --no-cache-dir \"./[" in args)
+    install = next(i for i, args in enumerate(runs) if 'pip install --no-cache-dir "./[' in args)
     build = next(i for i, args in enumerate(runs) if "python -m model.allocation_window" in args)
     assert build > install
     assert "apt-get purge -y --auto-remove g++" in runs[build]

@@ -261,6 +261,7 @@ def test_model_health_docs_and_unknown_routes(client, tiny_weights):
     assert set(info["schemes"]) == {"all", "pc", "threshold", "budget"}
     assert info["limits"] == {"max_upload_mb": 2.0, "max_pixels": 5_000_000}
     assert info["default_scheme"] == "pc" and info["memory_budget_mb"] is None
+    assert info["memory_measurement"] == "allocation window"
     assert info["evaluation"] == {"note": "random weights"}
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
