@@ -299,6 +299,7 @@ def stream_encoder(
         stride: torch.empty(
             (batch, encoder.out_channels[encoder.strides.index(stride)], *grids[end + 1]),
             device=pixels.device,
+            memory_format=torch.channels_last,
         )
         for end, stride in ends.items()
     }

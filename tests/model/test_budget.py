@@ -3,13 +3,14 @@ measured peak never passes the budget."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.cost import calibrate
+from model.cost import before_mask, calibrate
 from model.qgn import qgn_tiny
-from model.schemes import All, Budget, LevelView, SchemeRequest
+from model.schemes import All, Budget, LevelView, Nothing, SchemeRequest
 from tests.model.test_qgn import randomised
 
 MODEL = randomised(qgn_tiny(num_classes=4), seed=3)
@@ -65,3 +66,13 @@ def test_a_budget_beyond_any_memory_runs_as_all():
     assert budget.ran().budget_mb == 1e308
     image = torch.zeros(40, 70, 3, dtype=torch.uint8)
     assert MODEL.predict(image, budget).active_sites == MODEL.predict(image, All()).active_sites
+
+
+@pytest.mark.parametrize("height, width", [(40, 40), (96, 1500), (1500, 96), (333, 517)])
+def test_the_fitted_floors_cover_shapes_they_were_not_fitted_on(height, width):
+    """Both floors are fits; one below the measured floor would let a budget overrun."""
+    image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8)
+    lean = before_mask(MODEL.predict(image, Budget(1)))
+    held = before_mask(MODEL.predict(image, Nothing()))
+    assert lean <= MODEL.cost.min_budget_bytes(height, width)
+    assert held <= MODEL.cost.held_floor_bytes(height, width)
