@@ -7,6 +7,8 @@ they are answered to a real `qgn serve` on loopback, one configuration after ano
 rounds (the machine is shared: a ratio is read within a round):
 
 - `1w×2t`: QGN_WORKERS=1, QGN_TORCH_THREADS=2;
+- `1w×1t`: QGN_WORKERS=1, QGN_TORCH_THREADS=1 (what one worker does with one thread: the
+  reference for the budget-bound run, whose admission lets one inference run at a time);
 - `2w×1t`: QGN_WORKERS=2, QGN_TORCH_THREADS=1;
 - `2w×1t, budget 1.3×`: the same with QGN_DEVICE_MEMORY_MB at 1.3 × one request's predicted
   peak (read from the `2w×1t` server's inference log), so two never fit at once.
@@ -186,15 +188,16 @@ def markdown(rows: list[dict], predictions: list[dict], meta: dict) -> str:
         "a round (the machine is shared). *inference ms*: a worker's time per request, from "
         "the server's inference log.",
         "",
-        "| round | config | req/s | × 1w×2t | p50 ms | p99 ms | codes | inference ms "
+        "| round | config | req/s | × 1w×2t | × 1w×1t | p50 ms | p99 ms | codes | inference ms "
         "| overlapping pairs | predicted / measured (mean) | predicted ≥ measured |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
-        base = next(r for r in rows if r["round"] == row["round"] and r["config"] == "1w×2t")
+        mates = {r["config"]: r["req_per_s"] for r in rows if r["round"] == row["round"]}
         lines.append(
             f"| {row['round']} | {row['config']} | {row['req_per_s']} | "
-            f"{row['req_per_s'] / base['req_per_s']:.2f} | {row['p50_ms']} | {row['p99_ms']} | "
+            f"{row['req_per_s'] / mates['1w×2t']:.2f} | {row['req_per_s'] / mates['1w×1t']:.2f} | "
+            f"{row['p50_ms']} | {row['p99_ms']} | "
             f"{row['codes']} | {row['inference_ms_p50']} | {row['overlapping_pairs']} | "
             f"{row['predicted_over_measured_mean']} | {row['predicted_at_least_measured']:.1%} |"
         )
@@ -240,10 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     bodies = scenes([(HEIGHT, WIDTH)], list(VAL_SEEDS)[:SCENES])[(HEIGHT, WIDTH)]
     one = {"QGN_WORKERS": "1", "QGN_TORCH_THREADS": "2"}
+    one_thread = {"QGN_WORKERS": "1", "QGN_TORCH_THREADS": "1"}
     two = {"QGN_WORKERS": "2", "QGN_TORCH_THREADS": "1"}
     rows = []
     for round_ in range(1, args.rounds + 1):
-        for name, env in (("1w×2t", one), ("2w×1t", two)):
+        for name, env in (("1w×2t", one), ("1w×1t", one_thread), ("2w×1t", two)):
             rows.append(measure(args, name, env, bodies, round_))
             print(json.dumps(rows[-1]), flush=True)
         one_request_mib = rows[-1]["predicted_peak_mib"]

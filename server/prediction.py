@@ -7,10 +7,12 @@
   5 %.
 - `pc` and `threshold`: what they refine depends on the image, and no logits exist before the
   request runs, so the prediction is statistical: the highest measured peak over the floor of
-  the same size among this scheme's (and threshold's, to 0.05) recent requests, times a
-  margin, never above `all`'s bound. A threshold not seen yet takes the nearest lower one's
-  figure; with none, and for `pc` unseen, `all`'s bound, which holds for any image (they
-  refine a subset of `all`'s sites). `pc` is seeded at warm-up.
+  the same size among this scheme's (and threshold's, to 0.05) recent requests of about this
+  size (pixels within a factor √2), times a margin, never above `all`'s bound. The floor is a
+  fit whose error depends on the shape, so a size not seen yet takes the highest figure of any
+  size; a threshold not seen yet takes the nearest lower one's; with none, and for `pc`
+  unseen, `all`'s bound, which holds for any image (they refine a subset of `all`'s sites).
+  `pc` is seeded at warm-up.
 
 The prediction is not enforced: a request runs as asked (its mask does not depend on what
 else runs), and its measured / predicted peak is exported as a histogram.
@@ -22,7 +24,7 @@ import math
 import threading
 from collections import deque
 
-from model.cost import MemoryCost
+from model.cost import MemoryCost, padded_pixels
 from model.qgn import LEVELS, QGN
 from model.quadtree import level_shape
 from model.schemes import SchemeRequest, mib_to_bytes
@@ -38,7 +40,8 @@ class PeakPredictor:
     def __init__(self, model: QGN, margin: float = MARGIN):
         self.model = model  # its cost is read at each call: calibration replaces it
         self.margin = margin
-        self._ratios: dict[tuple[str, float | None], deque[float]] = {}
+        # Per key, the recent (size class, peak over floor) of its runs.
+        self._ratios: dict[tuple[str, float | None], deque[tuple[int, float]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -66,22 +69,29 @@ class PeakPredictor:
             return min(bound, mib_to_bytes(request.budget_mb))
         if request.name == "all":
             return bound
-        ratio = self._ratio(self.key(request))
+        ratio = self._ratio(self.key(request), self.size_class(height, width))
         if ratio is None:
             return bound
         floor = self.cost.min_budget_bytes(height, width)
         return min(bound, math.ceil(self.margin * ratio * floor))
 
-    def _ratio(self, key: tuple[str, float | None]) -> float | None:
-        """The highest recent peak over floor of this key; for a threshold not seen yet, that
-        of the nearest lower threshold seen (a lower one refines more, over a set of images)."""
+    @staticmethod
+    def size_class(height: int, width: int) -> int:
+        """Images whose padded pixels are within a factor √2 share a class."""
+        return round(2 * math.log2(padded_pixels(height, width)))
+
+    def _ratio(self, key: tuple[str, float | None], size: int) -> float | None:
+        """The highest recent peak over floor of this key at this size class (of any size
+        when this one is not among them); for a threshold not seen yet, that of the nearest
+        lower threshold seen (a lower one refines more, over a set of images)."""
         with self._lock:
-            if key in self._ratios:
-                return max(self._ratios[key])
-            if key[0] != "threshold":
+            if key not in self._ratios and key[0] == "threshold":
+                lower = [k for k in self._ratios if k[0] == "threshold" and k[1] <= key[1]]
+                key = max(lower, default=key)
+            if key not in self._ratios:
                 return None
-            lower = [k for k in self._ratios if k[0] == "threshold" and k[1] <= key[1]]
-            return max(self._ratios[max(lower)]) if lower else None
+            seen = self._ratios[key]
+            return max((r for s, r in seen if s == size), default=max(r for _, r in seen))
 
     def observe(self, request: SchemeRequest, height: int, width: int, peak_bytes: int) -> None:
         """Learns from a run of `request` as asked (not capped, not degraded)."""
@@ -92,4 +102,5 @@ class PeakPredictor:
             key = self.key(request)
             if key not in self._ratios and len(self._ratios) >= MAX_KEYS:
                 self._ratios.pop(next(iter(self._ratios)))
-            self._ratios.setdefault(key, deque(maxlen=WINDOW)).append(ratio)
+            history = self._ratios.setdefault(key, deque(maxlen=WINDOW))
+            history.append((self.size_class(height, width), ratio))

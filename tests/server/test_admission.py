@@ -3,6 +3,7 @@ and the settings that size them."""
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -90,6 +91,26 @@ def test_predictions_bound_all_and_learn_pc(tiny_weights):
         SchemeRequest("threshold", threshold=0.9), 96, 160, None
     ) == pytest.approx(MARGIN * floor, abs=2)  # unseen: the nearest lower threshold's figure
     assert predictor.predict(SchemeRequest("threshold", threshold=0.1), 96, 160, None) == bound
+
+
+def test_pc_is_predicted_from_runs_of_its_own_size_first(tiny_weights):
+    """The floor's fit errs differently by shape, so a ratio learnt at one size would
+    over- or under-reserve at another: a seen size uses its own runs, an unseen one the
+    highest ratio of any size."""
+    model, _ = load_weights(tiny_weights)
+    predictor = PeakPredictor(model)
+    small, large = (96, 160), (600, 800)
+    assert predictor.size_class(*small) != predictor.size_class(*large)
+    assert predictor.size_class(96, 160) == predictor.size_class(90, 150)
+    floor = {size: model.cost.min_budget_bytes(*size) for size in (small, large)}
+    predictor.observe(SchemeRequest("pc"), *small, 2 * floor[small])
+    unseen = predictor.predict(SchemeRequest("pc"), *large, None)
+    assert unseen == min(predictor.all_bytes(*large), math.ceil(MARGIN * 2 * floor[large]))
+    predictor.observe(SchemeRequest("pc"), *large, floor[large])
+    own = predictor.predict(SchemeRequest("pc"), *large, None)
+    assert own == pytest.approx(MARGIN * floor[large], abs=2)
+    small_again = predictor.predict(SchemeRequest("pc"), *small, None)
+    assert small_again == pytest.approx(MARGIN * 2 * floor[small], abs=2)
 
 
 def test_a_request_predicted_above_the_device_budget_runs_capped_to_it(tiny_weights):
