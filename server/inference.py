@@ -38,6 +38,8 @@ log = logging.getLogger("qgn.inference")
 # Test hook, not a setting: QGN_FAULT_INJECT_OOM=N makes the first N request inferences raise
 # torch.OutOfMemoryError, so the out-of-memory path can be tried on a real process and a CPU.
 FAULT_INJECT_OOM = "QGN_FAULT_INJECT_OOM"
+# Thresholds run at warm-up: any threshold from the lowest up has a figure to start from.
+WARM_UP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 @dataclass
@@ -349,8 +351,9 @@ class Engine:
             torch.cuda.empty_cache()
 
     def warm_up(self) -> None:
-        """One inference per scheme kind on a small image, and `pc` on a larger scene of a
-        few regions (it seeds pc's prediction), then the server is ready."""
+        """One inference per scheme kind on a small image, and `pc` and a few thresholds on a
+        larger scene of a few regions (they seed the predictions: an unseen scheme reserves
+        `all`'s bound, tens of times its peak), then the server is ready."""
         image = np.zeros((64, 64, 3), dtype=np.uint8)
         image[:, 32:] = 200
         for name in ("all", "pc"):
@@ -358,8 +361,11 @@ class Engine:
         scene = np.full((256, 512, 3), (60, 120, 200), dtype=np.uint8)
         scene[40:200, 100:260] = (200, 40, 40)
         scene[150:, 300:] = (30, 160, 60)
-        run = self.model.predict(scene, make_scheme("pc"))
-        self.predictor.observe(SchemeRequest("pc"), 256, 512, run.peak_bytes)
+        for request in [SchemeRequest("pc")] + [
+            SchemeRequest("threshold", threshold=t) for t in WARM_UP_THRESHOLDS
+        ]:
+            run = self.model.predict(scene, request.build())
+            self.predictor.observe(request, 256, 512, run.peak_bytes)
         self.ready = True
 
     def shutdown(self) -> None:

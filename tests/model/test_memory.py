@@ -211,3 +211,29 @@ def test_the_fast_tracker_measures_what_the_obvious_one_does(monkeypatch):
     for a, b in zip(fast, obvious, strict=True):
         assert a.peak_bytes == b.peak_bytes > 0
         assert a.phase_peaks == b.phase_peaks and a.phase_starts == b.phase_starts
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (CI has none): checked where one is"
+)
+def test_on_cuda_the_window_reads_what_the_allocator_statistics_read():
+    """One request alone: the per-request window and the device-wide statistics agree to the
+    byte; a second thread's allocations stay out of the window."""
+    device = torch.device("cuda")
+    assert memory.measurement(device) == "allocation window"
+    weight = torch.randn(16, 16, 3, 3, device=device)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with AllocationWindow(device) as alone:
+        x = torch.randn(1, 16, 256, 256, device=device)
+        torch.nn.functional.conv2d(x, weight, padding=1)
+        torch.cuda.synchronize(device)
+    assert alone.peak_bytes == torch.cuda.max_memory_allocated(device) - base
+    assert alone.peak_bytes >= 2 * x.nbytes
+    with AllocationWindow(device) as window:
+        neighbour = threading.Thread(target=lambda: torch.empty(1 << 26, device=device))
+        neighbour.start()
+        neighbour.join()
+        y = x * 2
+    assert window.peak_bytes == window.live_bytes == y.nbytes
