@@ -8,7 +8,7 @@ Peers: torchvision's `deeplabv3_resnet50`, `deeplabv3_resnet101` (the paper's De
 which is B0). All untrained: memory and latency do not depend on the weights, and nothing is
 downloaded. torchvision does not import beside this project's torch 2.13.0 CPU build, so each
 peer runs in a fresh process of the peers' own interpreter (`--peers-python`), measured as
-QGN is: the same allocation tracker (`model.memory`, torch-only) over the same span (the
+QGN is: the same memory measurement (`model.memory`, torch-only) over the same span (the
 uint8 image to the class mask), the same RSS cross-check (`benchmarks.rss`), one torch
 thread, a warm-up, then the median of `--runs` timed runs. QGN (`pc`, refine-nothing,
 `all`) runs through `benchmarks.measure` in this interpreter, interleaved size by size.
@@ -229,8 +229,9 @@ def markdown(report: dict, sizes: list[tuple[int, int]], peer_sizes: list) -> st
         "",
         f"`{report['command']}` on {machine['cpu']} ({machine['cpu_count']} cores), "
         f"{report['threads']} torch thread, median of {report['runs']} timed runs after a "
-        f"warm-up, in {report['wall_time_s'] / 60:.1f} min. Peak = the allocation tracker's "
-        "peak from the uint8 image to the class mask; RSS = the process' RSS high-water mark "
+        f"warm-up, in {report['wall_time_s'] / 60:.1f} min. Peak = the measured peak "
+        "(`model.memory`: the allocation window) from the uint8 image to the class mask; "
+        "RSS = the process' RSS high-water mark "
         "over the same runs minus its RSS before them. Peers are untrained (memory and latency "
         "do not depend on weights), their BatchNorms folded where torchvision's layout allows, "
         "as QGN's are.",
@@ -309,7 +310,7 @@ def plot(report: dict, path: Path) -> None:
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("pixels")
-    axes.set_ylabel("peak memory (MiB, allocation tracker)")
+    axes.set_ylabel("peak memory (MiB, measured)")
     axes.set_title(f"Peak memory per request — {report['machine']['slug']}, {report['date']}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)

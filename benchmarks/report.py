@@ -76,18 +76,18 @@ def markdown(report: dict) -> str:
         ),
         f"- wall time {report['wall_time_s']:.0f} s",
         "",
-        "Peak = the allocation tracker's peak (`Prediction.peak_bytes`: tensors allocated "
-        "during the inference, not weights), worst scene. RSS Δ = how far the process' RSS "
-        "rose above its level before the measured inferences (high-water mark reset after "
-        "loading and a tiny primer inference; a cross-check that also sees allocator caching, "
-        "oneDNN scratch buffers and heap that is freed but kept). Decoder = the cost model's "
-        "bytes summed over levels (`Prediction.decoder_bytes`). Sites = active sites per "
-        "level 0..5, summed over the scenes. Latency = `Prediction.latency_s` (upload to "
-        "finished mask, including the allocation tracker's bookkeeping, the same for the "
-        "baselines). mIoU over the scenes measured (12 classes, ignore excluded). `none` = "
-        "refine nothing (a 1-byte budget): the floor every scheme pays (encoder, level 0, "
-        "mask). Budgets `budget-N` sit N % of the way from the calibrated minimum to the "
-        "`all` peak of the same size.",
+        "Peak = the measured peak (`Prediction.peak_bytes`: bytes allocated during the "
+        "inference, not weights; by the allocation window, `model/memory.py`), worst scene. RSS"
+        " Δ = how far the process' RSS rose above its level before the measured inferences "
+        "(high-water mark reset after loading and a tiny primer inference; a cross-check that "
+        "also sees allocator caching and heap that is freed but kept). Decoder = the cost "
+        "model's bytes summed over levels (`Prediction.decoder_bytes`). Sites = active sites "
+        "per level 0..5, summed over the scenes. Latency = `Prediction.latency_s` (upload to "
+        "finished mask, including the measurement's bookkeeping, the same for the baselines). "
+        "mIoU over the scenes measured (12 classes, ignore excluded). `none` = refine nothing "
+        "(a 1-byte budget): the floor every scheme pays (encoder, level 0, mask). Budgets "
+        "`budget-N` sit N % of the way from the calibrated minimum to the `all` peak of the "
+        "same size.",
         "",
         "## Targets",
         "",
@@ -298,7 +298,7 @@ def plot(report: dict, folder: Path, stem: str) -> list[Path]:
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("pixels per image")
-    axes.set_ylabel("peak memory (MiB, allocation tracker)")
+    axes.set_ylabel("peak memory (MiB, measured)")
     axes.set_title(f"Peak memory against image size — {report['machine']['slug']}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7, loc="upper left", ncol=2)
@@ -334,7 +334,7 @@ def plot(report: dict, folder: Path, stem: str) -> list[Path]:
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(ScalarFormatter())
     axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.set_xlabel("peak memory (MiB, allocation tracker)")
+    axes.set_xlabel("peak memory (MiB, measured)")
     axes.set_ylabel("mIoU (held-out synthetic scenes)")
     title = "mIoU against memory"
     if report["random_weights"]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from model import allocation_window, memory
+from model.data import make_scene
 from model.qgn import QGN, Prediction
 from model.schemes import MIB, Budget, Scheme, SchemeRequest, make_scheme, mib_to_bytes
 from server.admission import AdmissionQueue, Job
@@ -40,6 +41,7 @@ log = logging.getLogger("qgn.inference")
 FAULT_INJECT_OOM = "QGN_FAULT_INJECT_OOM"
 # Thresholds run at warm-up: any threshold from the lowest up has a figure to start from.
 WARM_UP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
+WARM_UP_SCENE_SEED = 0
 
 
 @dataclass
@@ -352,15 +354,14 @@ class Engine:
 
     def warm_up(self) -> None:
         """One inference per scheme kind on a small image, and `pc` and a few thresholds on a
-        larger scene of a few regions (they seed the predictions: an unseen scheme reserves
-        `all`'s bound, tens of times its peak), then the server is ready."""
+        synthetic street scene (they seed the predictions: an unseen scheme reserves `all`'s
+        bound, tens of times its peak, and a scene of a few flat regions seeded them below
+        real scenes of its size), then the server is ready."""
         image = np.zeros((64, 64, 3), dtype=np.uint8)
         image[:, 32:] = 200
         for name in ("all", "pc"):
             self.model.predict(image, make_scheme(name))
-        scene = np.full((256, 512, 3), (60, 120, 200), dtype=np.uint8)
-        scene[40:200, 100:260] = (200, 40, 40)
-        scene[150:, 300:] = (30, 160, 60)
+        scene, _ = make_scene(WARM_UP_SCENE_SEED, 256, 512)
         for request in [SchemeRequest("pc")] + [
             SchemeRequest("threshold", threshold=t) for t in WARM_UP_THRESHOLDS
         ]:
