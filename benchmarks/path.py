@@ -21,10 +21,8 @@ Medians over `--runs` after a warm-up. Not a test: it asserts nothing. Results i
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from benchmarks.run import machine_info
 from model import memory
 from model.cost import calibrate
 from model.data import make_scene
@@ -45,10 +43,12 @@ from model.weights import load_weights
 from server.images import encode_mask_png, load_image
 from server.inference import SegmentResult
 from server.routes.segment import _response
+from tests.server.conftest import encode
 from tests.server.test_e2e import RunningServer
 
 SIZES = [(512, 1024), (1024, 2048)]
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
+ENCODE_OPTIONS = {"PNG": {}, "JPEG": {"quality": 90}}
 MAX_PIXELS = 40_000_000  # the server's default
 
 
@@ -65,12 +65,6 @@ class CountsNothing:
 
     def reset_peak(self) -> None:
         pass
-
-
-def encoded(image: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
 
 
 def median_ms(samples: list[float]) -> float:
@@ -226,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     model, card = load_weights(args.weights)
     model.cost = calibrate(model, "cpu")
     report = {
-        "machine": f"cpu{os.cpu_count()}-{platform.machine()}",
+        "machine": machine_info()["slug"],
         "date": date.today().isoformat(),
         "weights": args.weights,
         "runs": args.runs,
@@ -239,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for height, width in SIZES:
             image, _ = make_scene(VAL_SEEDS[0], height, width)
-            bodies = {fmt: encoded(image, fmt) for fmt in FORMATS}
+            bodies = {fmt: encode(image, fmt, **ENCODE_OPTIONS[fmt]) for fmt in FORMATS}
             size = {
                 "size": f"{height}×{width}",
                 "round_trips": round_trips(server, bodies, args.runs),

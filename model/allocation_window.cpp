@@ -46,7 +46,6 @@ class Window final : public c10::MemoryReportingInfoBase {
     if (size > 0) {
       sizes_[ptr] = size;
       live_ += size;
-      allocated_ += size;
       peak_ = std::max(peak_, live_);
       return;
     }
@@ -62,7 +61,6 @@ class Window final : public c10::MemoryReportingInfoBase {
 
   int64_t live() { std::lock_guard<std::mutex> lock(mutex_); return live_; }
   int64_t peak() { std::lock_guard<std::mutex> lock(mutex_); return peak_; }
-  int64_t allocated() { std::lock_guard<std::mutex> lock(mutex_); return allocated_; }
   void reset_peak() { std::lock_guard<std::mutex> lock(mutex_); peak_ = live_; }
 
  private:
@@ -72,7 +70,6 @@ class Window final : public c10::MemoryReportingInfoBase {
   std::unordered_map<void*, int64_t> sizes_;
   int64_t live_ = 0;
   int64_t peak_ = 0;
-  int64_t allocated_ = 0;
 };
 
 using Handle = std::shared_ptr<Window>;
@@ -109,7 +106,6 @@ int qgn_window_close(void* handle) {
 void qgn_window_free(void* handle) { delete static_cast<Handle*>(handle); }
 int64_t qgn_window_live(void* handle) { return window(handle).live(); }
 int64_t qgn_window_peak(void* handle) { return window(handle).peak(); }
-int64_t qgn_window_allocated(void* handle) { return window(handle).allocated(); }
 void qgn_window_reset_peak(void* handle) { window(handle).reset_peak(); }
 
 // Windows in this process not yet destroyed (open, or closed and not freed): leak tests.

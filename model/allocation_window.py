@@ -92,9 +92,9 @@ def library() -> ctypes.CDLL | None:
     lib.qgn_window_open.restype = ctypes.c_void_p
     lib.qgn_window_open.argtypes = [ctypes.c_int]
     lib.qgn_window_close.restype = ctypes.c_int
-    for name in ("close", "free", "reset_peak", "live", "peak", "allocated"):
+    for name in ("close", "free", "reset_peak", "live", "peak"):
         getattr(lib, f"qgn_window_{name}").argtypes = [ctypes.c_void_p]
-    for name in ("live", "peak", "allocated"):
+    for name in ("live", "peak"):
         getattr(lib, f"qgn_window_{name}").restype = ctypes.c_int64
     lib.qgn_window_reset_peak.restype = None
     lib.qgn_windows_alive.argtypes = []
@@ -129,7 +129,7 @@ class AllocationWindow:
         self._lib = lib
         self._device_type = DEVICE_TYPES[torch.device(device).type]
         self._handle: int | None = None
-        self._final = (0, 0, 0)
+        self._live = self._peak = 0  # what it read when it closed
 
     def __enter__(self) -> AllocationWindow:
         self._handle = self._lib.qgn_window_open(self._device_type)
@@ -138,30 +138,21 @@ class AllocationWindow:
     def __exit__(self, *exc) -> None:
         if self._lib.qgn_window_close(self._handle) != 0:
             raise RuntimeError("allocation windows must be closed innermost first, on their thread")
-        handle, self._handle = self._handle, None
-        self._final = (
-            self._lib.qgn_window_live(handle),
-            self._lib.qgn_window_peak(handle),
-            self._lib.qgn_window_allocated(handle),
-        )
-        self._lib.qgn_window_free(handle)
-
-    def _read(self, name: str, index: int) -> int:
-        if self._handle is None:
-            return self._final[index]
-        return getattr(self._lib, f"qgn_window_{name}")(self._handle)
+        self._live, self._peak = self.live_bytes, self.peak_bytes
+        self._lib.qgn_window_free(self._handle)
+        self._handle = None
 
     @property
     def live_bytes(self) -> int:
-        return self._read("live", 0)
+        if self._handle is None:
+            return self._live
+        return self._lib.qgn_window_live(self._handle)
 
     @property
     def peak_bytes(self) -> int:
-        return self._read("peak", 1)
-
-    @property
-    def allocated_bytes(self) -> int:
-        return self._read("allocated", 2)
+        if self._handle is None:
+            return self._peak
+        return self._lib.qgn_window_peak(self._handle)
 
     def reset_peak(self) -> None:
         """Starts a new peak from what is live now."""

@@ -226,7 +226,7 @@ class MemoryCost:
 # The floors are fitted over these shapes, from 16:1 tall to 1:16 wide: the floors are not
 # exactly linear in pixels and columns (oneDNN's buffers depend on the shapes), and a fit over
 # tall images alone under-covered wide ones. Over 64×64 … 2048×4096 the fitted floors are
-# 1.1–2× the measured ones (tests/model/test_budget.py checks they never fall below).
+# 1.07–2.4× the measured ones (tests/model/test_budget.py checks they never fall below).
 FLOOR_SIZES = (
     (512, 32), (512, 256), (768, 128), (1024, 64), (2048, 128), (128, 2048), (256, 1024), (512, 512)
 )  # fmt: skip

@@ -60,7 +60,6 @@ class CpuAllocationTracker(TorchDispatchMode):
         self._sizes: dict[int, int] = {}
         self.live_bytes = 0
         self.peak_bytes = 0
-        self.allocated_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -100,7 +99,6 @@ class CpuAllocationTracker(TorchDispatchMode):
                 return
             self._sizes[key] = nbytes
             self.live_bytes += nbytes
-            self.allocated_bytes += nbytes
             self.peak_bytes = max(self.peak_bytes, self.live_bytes)
         weakref.finalize(storage, self._release, key)
 
@@ -164,13 +162,17 @@ class CudaAllocatorStatistics:
         torch.cuda.reset_peak_memory_stats(self.device)
 
 
+# What each measurement counts with, given the device.
+COUNTERS = {
+    "allocation window": AllocationWindow,
+    "cuda allocator statistics": CudaAllocatorStatistics,
+    "dispatch tracker": lambda device: CpuAllocationTracker(),
+}
+
+
 def counter(device: torch.device):
     """The counter `measurement(device)` names, not yet opened."""
-    if windows_count(device.type):
-        return AllocationWindow(device)
-    if device.type == "cuda":
-        return CudaAllocatorStatistics(device)
-    return CpuAllocationTracker()
+    return COUNTERS[measurement(device)](device)
 
 
 class MemoryProbe:

@@ -12,7 +12,7 @@
   fit whose error depends on the shape, so a size not seen yet takes the highest figure of any
   size; a threshold not seen yet takes the nearest lower one's; with none, and for `pc`
   unseen, `all`'s bound, which holds for any image (they refine a subset of `all`'s sites).
-  `pc` is seeded at warm-up.
+  `pc` and the thresholds 0.1 … 0.9 are seeded at warm-up (`Engine.warm_up`).
 
 The prediction is not enforced: a request runs as asked (its mask does not depend on what
 else runs), and its measured / predicted peak is exported as a histogram.
