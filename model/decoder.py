@@ -21,9 +21,23 @@ CHILD_OFFSETS = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
 
 
 class DenseHead(nn.Module):
-    """Level 0: dense features and logits at stride 32."""
+    """Level 0: dense features and logits at stride 32.
 
-    def __init__(self, in_channels: int, channels: int, num_logits: int, depth: int = 1):
+    `context_dilations` adds one dilated residual block per entry after the plain ones: at
+    stride 32 they widen the receptive field by 768 pixels for 1 MiB a map at 1024×2048, so
+    that a road or a pavement twice as large (1024×2048 against 512×1024) is still seen with
+    its surroundings. They start as the identity (last normalisation scaled by zero), so
+    weights trained without them load and predict unchanged.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_logits: int,
+        depth: int = 1,
+        context_dilations: tuple[int, ...] = (),
+    ):
         super().__init__()
         self.project = nn.Sequential(
             nn.Conv2d(in_channels, channels, 1, bias=False),
@@ -31,10 +45,15 @@ class DenseHead(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.blocks = nn.Sequential(*[BasicBlock(channels, channels) for _ in range(depth)])
+        self.context = nn.Sequential(
+            *[BasicBlock(channels, channels, dilation=d) for d in context_dilations]
+        )
+        for block in self.context:
+            nn.init.zeros_(block.bn2.weight)
         self.classifier = nn.Conv2d(channels, num_logits, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.blocks(self.project(x))
+        features = self.context(self.blocks(self.project(x)))
         return features, self.classifier(features)
 
 

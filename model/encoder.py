@@ -10,8 +10,10 @@ import torch
 from torch import Tensor, nn
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_channels, out_channels, 3, stride, padding=dilation, dilation=dilation, bias=False
+    )
 
 
 class BasicBlock(nn.Module):
@@ -23,11 +25,12 @@ class BasicBlock(nn.Module):
         out_channels: int,
         stride: int = 1,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        dilation: int = 1,
     ):
         super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.conv1 = conv3x3(in_channels, out_channels, stride, dilation)
         self.bn1 = norm_layer(out_channels)
-        self.conv2 = conv3x3(out_channels, out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, 1, dilation)
         self.bn2 = norm_layer(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()

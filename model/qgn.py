@@ -38,6 +38,8 @@ class QGNConfig:
     # Level 0 (stride 32, dense) to level 5 (pixels, sparse); multiples of 8 suit spconv.
     decoder_widths: tuple[int, ...] = (128, 96, 64, 32, 16, 16)
     decoder_depths: tuple[int, ...] = (1, 1, 1, 1, 1, 1)
+    # Dilations of the dense head's context blocks (`DenseHead`); none in older cards.
+    head_dilations: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -155,7 +157,9 @@ class QGN(nn.Module):
         self.num_logits = config.num_classes + 1
         self.encoder = ResNetEncoder(config.encoder_widths, config.encoder_depths)
         widths, depths = config.decoder_widths, config.decoder_depths
-        self.head = DenseHead(config.encoder_widths[-1], widths[0], self.num_logits, depths[0])
+        self.head = DenseHead(
+            config.encoder_widths[-1], widths[0], self.num_logits, depths[0], config.head_dilations
+        )
         # Level l's skip: encoder stride 32 / 2^l; level 5 (stride 1) reads the image itself.
         skip_channels = [*config.encoder_widths[3::-1], 3]
         self.stages = nn.ModuleList(
@@ -332,7 +336,7 @@ def qgn_tiny(num_classes: int = 12) -> QGN:
 
 def qgn_small(num_classes: int = 12) -> QGN:
     """The served model: small enough to train on a 2-core CPU."""
-    return QGN(QGNConfig(num_classes=num_classes))
+    return QGN(QGNConfig(num_classes=num_classes, head_dilations=(2, 4)))
 
 
 MODELS = {"qgn_tiny": qgn_tiny, "qgn_small": qgn_small}

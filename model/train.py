@@ -208,6 +208,24 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def start_from_weights(model: QGN, path: Path, device: torch.device) -> list[str]:
+    """Loads `path` into `model`, which may add context blocks to the dense head (they start
+    as the identity, see `DenseHead`); anything else missing or left over is an error.
+    Returns the added blocks' names."""
+    start_from, _ = load_weights(path, device, fold_batchnorms=False)
+    try:
+        missing, unexpected = model.load_state_dict(start_from.state_dict(), strict=False)
+    except RuntimeError as error:  # tensors of other shapes
+        raise ValueError(f"--init {path} does not fit the model: {error}") from error
+    added = [key for key in missing if key.startswith("head.context.")]
+    if unexpected or len(added) != len(missing):
+        raise ValueError(
+            f"--init {path} does not fit the model: missing {sorted(set(missing) - set(added))}, "
+            f"unexpected {unexpected}"
+        )
+    return sorted({".".join(key.split(".")[:3]) for key in added})
+
+
 def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path | None:
     """Trains, checkpoints every `checkpoint_every` steps, and writes the final weights and
     model card (rank 0). Returns the weights path on rank 0."""
@@ -229,10 +247,11 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
     step, elapsed = 0, 0.0
     checkpoint = out / "checkpoint.pt"
     if config.init and not resume:
-        start_from, _ = load_weights(Path(config.init), device, fold_batchnorms=False)
-        model.load_state_dict(start_from.state_dict())
+        added = start_from_weights(model, Path(config.init), device)
         if rank == 0:
             _log(f"starting from the weights {config.init}")
+            if added:
+                _log(f"not in them, starting as the identity: {', '.join(added)}")
     if resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -86,8 +88,42 @@ STEM_BLOCKS = QGNConfig(
 )
 
 
+# The tiny model with dilated context blocks in its dense head, as the served model has.
+TINY_WITH_CONTEXT = QGNConfig(
+    num_classes=4,
+    encoder_widths=(8, 8, 16, 16, 16),
+    decoder_widths=(16, 16, 8, 8, 8, 8),
+    decoder_depths=(0, 1, 1, 1, 1, 1),
+    head_dilations=(2, 4),
+)
+
+
+def test_context_blocks_start_as_the_identity_and_widen_what_level_0_sees():
+    torch.manual_seed(3)
+    plain = randomised(QGN(dataclasses.replace(TINY_WITH_CONTEXT, head_dilations=())), seed=4)
+    widened = QGN(TINY_WITH_CONTEXT).eval()
+    missing, unexpected = widened.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("head.context.") for k in missing)
+    image, _ = scene(128, 256, seed=5)
+    with torch.inference_mode():
+        before = plain(to_batch(image), All()).levels
+        after = widened(to_batch(image), All()).levels
+    for a, b in zip(before, after, strict=True):
+        assert torch.equal(a.logits, b.logits)
+    # Once trained (here: random), a level-0 site sees farther: a change 5 cells away (160
+    # pixels) moves its logits with the context blocks and not without them.
+    randomised(widened, seed=6)
+    changed = image.clone()
+    changed[:32, 160:192] = 255 - changed[:32, 160:192]
+    for model, sees in ((plain, False), (widened, True)):
+        with torch.inference_mode():
+            a = model(to_batch(image), All()).levels[0].logits[0]
+            b = model(to_batch(changed), All()).levels[0].logits[0]
+        assert (not torch.allclose(a, b)) == sees
+
+
 def test_folded_batchnorms_give_the_same_logits():
-    model = randomised(qgn_tiny(num_classes=4), seed=14)
+    model = randomised(QGN(TINY_WITH_CONTEXT), seed=14)
     image, _ = scene(96, 128, seed=15)
     before = model.predict(image, All())
     with torch.inference_mode():

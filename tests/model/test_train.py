@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from model.data import CLASSES, PALETTE
+from model.qgn import QGN as Network
 from model.qgn import to_batch
 from model.quadtree import COMPOSITE, IGNORE, dense_to_levels
 from model.schemes import LevelView
@@ -23,6 +25,7 @@ from model.train import (
     draw_density,
     learning_rate,
     random_scale_crop_flip,
+    start_from_weights,
     train,
 )
 from model.weights import load_weights
@@ -81,6 +84,22 @@ def test_train_writes_loadable_weights_and_resumes(tmp_path):
     assert changed
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tiny_config(tmp_path / "empty", steps=1), resume=True)
+
+
+def test_fine_tuning_adds_context_blocks_to_weights_trained_without_them(tmp_path):
+    weights = train(tiny_config(tmp_path / "plain", steps=1))
+    plain, _ = load_weights(weights, fold_batchnorms=False)
+    widened = Network(dataclasses.replace(plain.config, head_dilations=(2,)))
+    added = start_from_weights(widened, weights, torch.device("cpu"))
+    assert added == ["head.context.0"]
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(widened.state_dict()[name], tensor), name
+    wider = Network(dataclasses.replace(plain.config, decoder_widths=(16, 16, 8, 8, 8, 16)))
+    with pytest.raises(ValueError, match="does not fit"):
+        start_from_weights(wider, weights, torch.device("cpu"))
+    deeper = Network(dataclasses.replace(plain.config, decoder_depths=(0, 1, 1, 1, 1, 2)))
+    with pytest.raises(ValueError, match=r"missing.*stages\.4\.blocks\.1"):
+        start_from_weights(deeper, weights, torch.device("cpu"))
 
 
 def test_two_cpu_processes_end_with_identical_weights(tmp_path):
