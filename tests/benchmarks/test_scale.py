@@ -1,0 +1,28 @@
+"""The scale diagnosis splits wrong pixels by where they lie in the label."""
+
+import numpy as np
+
+from benchmarks.scale import errors_by_region, uniform_blocks
+
+
+def test_uniform_blocks_marks_exactly_the_one_class_blocks():
+    label = np.zeros((64, 96), np.uint8)
+    label[40, 70] = 3  # breaks the 32×32 block at rows 32-63, columns 64-95
+    uniform = uniform_blocks(label, 32)
+    assert not uniform[32:, 64:].any() and uniform[:32].all() and uniform[32:, :64].all()
+
+
+def test_errors_are_counted_in_the_region_they_fall_in():
+    label = np.zeros((256, 256), np.uint8)
+    label[:, 128:] = 1  # left half one class: its 128×128 blocks are uniform
+    label[200:210, 140:150] = 2  # a small object: its 32×32 block holds a boundary
+    label[201, 141] = 255  # ignored pixels count nowhere
+    prediction = label.copy()
+    prediction[10, 10] = 1  # wrong inside a uniform 128×128 block
+    prediction[200, 140] = 1  # wrong on the object's boundary block
+    prediction[201, 141] = 7  # ignored
+    counts = errors_by_region(prediction, label)
+    assert counts["inside 128×128"][0] == 1
+    assert counts["boundary 32×32"][0] == 1
+    assert counts["inside 32×32 only"] == [0, 128 * 128 - 32 * 32]
+    assert sum(total for _, total in counts.values()) == 256 * 256 - 1
