@@ -27,6 +27,7 @@ from benchmarks.run import machine_info
 from model.data import make_scene
 from model.data.synthetic import IGNORE_INDEX, VAL_SEEDS
 from model.evaluate import confusion, mean_iou
+from model.quadtree import block_extrema
 from model.schemes import make_scheme
 from model.weights import load_weights
 
@@ -35,12 +36,12 @@ REGIONS = ("inside 128×128", "inside 32×32 only", "boundary 32×32")
 
 
 def uniform_blocks(label: np.ndarray, side: int) -> np.ndarray:
-    """Per pixel: whether its side×side block (aligned to the image) holds one class.
-    Sides must divide the image."""
+    """Per pixel: whether its side×side block (aligned to the image) holds one value, the
+    ignore index counting as a value of its own. `side` is a power of two."""
+    lo, hi = block_extrema(torch.from_numpy(label), levels=side.bit_length())[0]
+    uniform = (lo == hi).numpy()
     height, width = label.shape
-    blocks = label.reshape(height // side, side, width // side, side).swapaxes(1, 2)
-    uniform = (blocks == blocks[:, :, :1, :1]).all(axis=(2, 3))
-    return uniform.repeat(side, axis=0).repeat(side, axis=1)
+    return uniform.repeat(side, axis=0).repeat(side, axis=1)[:height, :width]
 
 
 def errors_by_region(prediction: np.ndarray, label: np.ndarray) -> dict[str, list[int]]:
