@@ -6,16 +6,23 @@ residual block five (N, D) float tensors live at once (the block input, the firs
 convolution's output, the second's output, and one offset's gathered inputs and product),
 plus the rulebook (9 int32 input/output index pairs per site, one offset widened to int64
 while in use) and the coordinates (3 int64 + 3 int32). A fixed cost per stage covers the
-filter copies. Everything before the
-decoder (the encoder, the dense level 0, the final mask) is linear in the padded pixel count.
+filter copies.
+
+Before the decoder, each phase is bounded on its own by fixed + per padded pixel + per padded
+column bytes (`Linear`): the streamed encoder (its bands follow the columns), the whole-map
+stages that a kept stride-8 map feeds, and the dense head at level 0. A floor is the largest
+of its phases and the mask's bound: one straight line for all of them could not be both an
+upper bound at 1×4096 and honest at 1024×2048.
 
 `calibrate` measures the same terms on the device the model runs on (CUDA kernels differ):
 per site it keeps the larger of measured and analytic, so predictions err on the side of the
-budget; the refine-nothing floor (the smallest budget accepted) is the measured one.
+budget; the floors are fitted on measured phases, each a true upper bound of what was
+measured and of larger images.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 
@@ -66,22 +73,35 @@ def padded_pixels(height: int, width: int) -> int:
     return (-(-height // 32) * 32) * (-(-width // 32) * 32)
 
 
+# A phase's bytes as (fixed, per padded pixel, per padded column).
+Linear = tuple[float, float, float]
+
+
+def linear_bytes(terms: Linear, height: int, width: int) -> int:
+    fixed, per_pixel, per_column = terms
+    return math.ceil(
+        fixed + per_pixel * padded_pixels(height, width) + per_column * padded_width(width)
+    )
+
+
 @dataclass
 class MemoryCost:
     """Bytes per active site and fixed bytes of each decoder stage (index = level), and the
-    peak of an inference that refines nothing: linear in the padded pixels, plus the stem's
-    band of rows, linear in the padded width (for a short image the band is all of it)."""
+    phases before the decoder (`Linear` each): what an inference that refines nothing
+    peaks at, whether it keeps the stride-8 and stride-16 maps whole (held) or not (lean)."""
 
     site_bytes: list[int]
     stage_bytes: list[int]
-    base_bytes_per_pixel: float
-    base_bytes: int
-    band_bytes_per_column: float = 0.0
-    # What keeping the stride-8 and stride-16 maps whole adds to the floor (every scheme but
-    # a small budget keeps them), per padded pixel.
+    # The lean encoder: streamed to stride 32, nothing kept but the stride-32 map.
+    stream_bytes: Linear
+    # The held encoder: streamed to stride 8, that map kept; then the stages at strides 16
+    # and 32 over the whole kept maps.
+    held_stream_bytes: Linear
+    held_stages_bytes: Linear
+    # The dense head at level 0, over the stride-32 map (on top of the kept maps, if kept).
+    head_bytes: Linear
+    # The kept stride-8 and stride-16 maps, per padded pixel: known exactly.
     held_bytes_per_pixel: float = 0.0
-    held_bytes: int = 0
-    held_bytes_per_column: float = 0.0
     # The widths the per-site terms were derived from; `terms` needs them (`analytic` sets
     # them, a cost built from measured numbers may carry them).
     decoder_widths: tuple[int, ...] = ()
@@ -101,51 +121,57 @@ class MemoryCost:
         recompute_tiles: tuple[int, ...] = (),
         num_logits: int = 32,
     ):
+        """Estimates from the widths alone (`calibrate` measures the floors' phases)."""
         site_bytes = [
             sum(site_terms(decoder_widths, level)) + RULEBOOK_BYTES_PER_SITE + COORD_BYTES_PER_SITE
             for level in range(len(decoder_widths))
         ]
         stage_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
-        # The stride-32 map; the encoder's bands are per column.
-        per_pixel = FLOAT_BYTES * encoder_widths[4] / 1024
+        deepest = FLOAT_BYTES * encoder_widths[4] / 1024  # the stride-32 map, per pixel
+        band = band_bytes_per_column(encoder_widths)
+        held = held_bytes_per_pixel(encoder_widths)
+        stride8 = FLOAT_BYTES * encoder_widths[2] / 64
         return cls(
             site_bytes=site_bytes,
             stage_bytes=stage_bytes,
-            base_bytes_per_pixel=per_pixel,
-            base_bytes=0,
-            band_bytes_per_column=band_bytes_per_column(encoder_widths),
-            held_bytes_per_pixel=held_bytes_per_pixel(encoder_widths),
+            stream_bytes=(0.0, deepest, band),
+            held_stream_bytes=(0.0, stride8, band),
+            held_stages_bytes=(0.0, held + 2 * deepest, 0.0),
+            head_bytes=(stage_bytes[0], 3 * FLOAT_BYTES * decoder_widths[0] / 1024, 0.0),
+            held_bytes_per_pixel=held,
             decoder_widths=tuple(decoder_widths),
             recompute_bytes=tuple(recompute_bytes),
             recompute_tiles=tuple(recompute_tiles),
             num_logits=num_logits,
         )
 
-    def encoder_bytes(self, height: int, width: int) -> int:
-        """The peak of the encoder and level 0 when nothing is kept whole."""
-        return math.ceil(
-            self.base_bytes
-            + self.base_bytes_per_pixel * padded_pixels(height, width)
-            + self.band_bytes_per_column * padded_width(width)
-        )
+    def head_floor_bytes(self, height: int, width: int, held: bool) -> int:
+        """The dense head's peak, over the kept maps when `held`."""
+        kept = math.ceil(self.held_bytes_per_pixel * padded_pixels(height, width)) if held else 0
+        return linear_bytes(self.head_bytes, height, width) + kept
 
     def mask_bytes(self, height: int, width: int) -> int:
         """The peak of painting the mask and finding its leaves."""
         return MASK_BYTES_PER_PIXEL * padded_pixels(height, width)
 
     def min_budget_bytes(self, height: int, width: int) -> int:
-        """The peak of an inference that propagates nothing: no budget below it can hold."""
-        return max(self.encoder_bytes(height, width), self.mask_bytes(height, width))
+        """The peak of an inference that propagates nothing and keeps no map whole: no
+        budget below it can hold."""
+        return max(
+            linear_bytes(self.stream_bytes, height, width),
+            self.head_floor_bytes(height, width, held=False),
+            self.mask_bytes(height, width),
+        )
 
     def held_floor_bytes(self, height: int, width: int) -> int:
         """The peak of an inference that keeps the stride-8 and stride-16 maps whole and
         refines nothing: a budget below it has the encoder recompute them at sites instead."""
-        held = math.ceil(
-            self.held_bytes
-            + self.held_bytes_per_pixel * padded_pixels(height, width)
-            + self.held_bytes_per_column * padded_width(width)
+        return max(
+            linear_bytes(self.held_stream_bytes, height, width),
+            linear_bytes(self.held_stages_bytes, height, width),
+            self.head_floor_bytes(height, width, held=True),
+            self.mask_bytes(height, width),
         )
-        return max(self.encoder_bytes(height, width) + held, self.mask_bytes(height, width))
 
     def fixed_stage_bytes(self, level: int, held: bool = True, sites: int | None = None) -> int:
         """A level's fixed working bytes: its filter copies, and the chunk of tiles its skip
@@ -223,13 +249,26 @@ class MemoryCost:
         return rows
 
 
-# The floors are fitted over these shapes, from 16:1 tall to 1:16 wide: the floors are not
-# exactly linear in pixels and columns (oneDNN's buffers depend on the shapes), and a fit over
-# tall images alone under-covered wide ones. Over 64×64 … 2048×4096 the fitted floors are
-# 1.07–2.4× the measured ones (tests/model/test_budget.py checks they never fall below).
-FLOOR_SIZES = (
-    (512, 32), (512, 256), (768, 128), (1024, 64), (2048, 128), (128, 2048), (256, 1024), (512, 512)
+# The floors' phases are measured on these shapes. Their slopes (per pixel, per column) are
+# fitted on SLOPE_SIZES: tall enough for every stream to have reached its steady band (a
+# stream's bytes per column grow with the rows up to ~512, then stay) and wide enough to be
+# past oneDNN's last kernel switch (at 512 rows the stream takes 2.7 kB per column from 1024
+# to 2048 columns, 3.1 kB beyond, up to 32768); where a phase is known to hold whole maps,
+# its bytes per pixel are at least theirs (`known_bytes_per_pixel`). Their fixed parts are
+# then raised to cover every shape measured: on small maps oneDNN takes more per column or
+# per pixel, up to a switch (held stream: ~6 kB per column up to 224 columns, ~4 kB beyond;
+# the head: ~7 kB per site up to ~160 sites, 2.5 kB beyond), so COVER_SIZES scan the columns
+# at a short and a middle height and the pixels along squares, past those switches, and the
+# thin extremes.
+SLOPE_SIZES = ((512, 2048), (1024, 2048), (512, 4096))
+COVER_SIZES = (
+    *((32, 64 * k) for k in range(1, 13)),
+    *((256, 32 * k) for k in range(1, 25)),
+    *((32 * k, 32 * k) for k in (*range(1, 17), 18, 20, 22, 24)),
+    (32, 2048), (2048, 32), (512, 1024), (1024, 512),
 )  # fmt: skip
+FLOOR_SIZES = SLOPE_SIZES + COVER_SIZES
+FIT_MARGIN = 1.02
 
 
 def before_mask(prediction) -> int:
@@ -237,26 +276,91 @@ def before_mask(prediction) -> int:
     return max(peak for phase, peak in prediction.phase_peaks.items() if phase != "mask")
 
 
-def fit_floor(peaks: list[tuple[int, int, int]]) -> tuple[int, float, float]:
-    """(fixed, per padded pixel, per padded column) bytes that cover every (height, width,
-    peak) given: a least-squares fit, no term negative, its fixed part raised by the largest
-    shortfall, everything plus 2 %."""
-    design = torch.tensor(
-        [[1.0, padded_pixels(h, w), padded_width(w)] for h, w, _ in peaks], dtype=torch.float64
-    )
-    target = torch.tensor([[float(p)] for _, _, p in peaks], dtype=torch.float64)
-    terms = torch.linalg.lstsq(design, target).solution[:, 0].clamp(min=0)
-    shortfall = float((target[:, 0] - design @ terms).max().clamp(min=0))
+def fit_floor(
+    slope_peaks: list[tuple[int, int, int]],
+    peaks: list[tuple[int, int, int]],
+    min_per_pixel: float = 0.0,
+) -> Linear:
+    """(fixed, per padded pixel, per padded column) bytes: the slopes a least-squares fit of
+    `slope_peaks` (no term negative, and no fewer bytes per pixel than the maps known to be
+    held, `min_per_pixel`), the fixed part raised by the largest shortfall over `peaks`
+    (every (height, width, peak) given), everything plus 2 %."""
+
+    def design(points):
+        rows = [[1.0, padded_pixels(h, w), padded_width(w)] for h, w, _ in points]
+        return torch.tensor(rows, dtype=torch.float64)
+
+    def target(points):
+        return torch.tensor([float(p) for _, _, p in points], dtype=torch.float64)
+
+    a, b = design(slope_peaks), target(slope_peaks)
+    terms = torch.linalg.lstsq(a, b[:, None]).solution[:, 0].clamp(min=0)
+    if terms[1] < min_per_pixel:  # too few tall shapes to tell pixels from columns: refit
+        rest = torch.linalg.lstsq(a[:, [0, 2]], (b - min_per_pixel * a[:, 1])[:, None])
+        fixed, per_column = rest.solution[:, 0].clamp(min=0).tolist()
+        terms = torch.tensor([fixed, min_per_pixel, per_column], dtype=torch.float64)
+    shortfall = float((target(peaks) - design(peaks) @ terms).max().clamp(min=0))
     fixed, per_pixel, per_column = terms.tolist()
-    return math.ceil(1.02 * (fixed + shortfall)), 1.02 * per_pixel, 1.02 * per_column
+    return (
+        float(math.ceil(FIT_MARGIN * (fixed + shortfall))),
+        FIT_MARGIN * per_pixel,
+        FIT_MARGIN * per_column,
+    )
+
+
+def known_bytes_per_pixel(config) -> dict[str, float]:
+    """Per floor phase, the bytes per padded pixel of the maps it is known to hold: a floor
+    to the fitted slopes."""
+    deepest = FLOAT_BYTES * config.encoder_widths[4] / 1024
+    return {
+        "stream": deepest,
+        "held_stream": FLOAT_BYTES * config.encoder_widths[2] / 64,
+        # the kept maps, and three at stride 32 in the last stage's block
+        "held_stages": held_bytes_per_pixel(config.encoder_widths) + 3 * deepest,
+        "head": deepest + FLOAT_BYTES * config.decoder_widths[0] / 1024,
+    }
+
+
+def floor_phases(model, image: torch.Tensor) -> dict[str, int]:
+    """The measured peaks of the phases the floors are made of, for one image: the lean and
+    held encoders' phases, and the head's (any level's phase of a run that refines nothing,
+    less the kept maps where they are kept)."""
+    from model.schemes import Budget, Nothing
+
+    height, width = image.shape[:2]
+    lean = model.predict(image, Budget(1)).phase_peaks
+    held = model.predict(image, Nothing()).phase_peaks
+    kept = held_bytes_per_pixel(model.config.encoder_widths) * padded_pixels(height, width)
+    levels = [name for name in lean if name.startswith("level")]
+    return {
+        "stream": lean["encoder"],
+        "held_stream": held["encoder"],
+        "held_stages": held["encoder_stages"],
+        "head": max(max(lean[n] for n in levels), max(held[n] for n in levels) - math.ceil(kept)),
+    }
+
+
+# Calibrations done in this process: what a model's memory costs depends on its architecture,
+# whether its norms are folded, the device and the threads, not on its weights' values.
+_CALIBRATED: dict[tuple, MemoryCost] = {}
 
 
 def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512))) -> MemoryCost:
-    """Measures the cost terms of `model` on `device` and keeps the larger of measured and
-    analytic per term. Runs, per size, an `all` inference and two that refine nothing, one
-    keeping the encoder's stride-8 and stride-16 maps (the held floor) and one not (the
-    floor), on random images."""
-    from model.schemes import All, Budget, Nothing
+    """`measure_cost`, once per process for each architecture, device and thread count (a
+    server and its tests calibrate the same model many times over)."""
+    key = (model.config, getattr(model, "folded", False), str(device), torch.get_num_threads())
+    key += (tuple(sizes),)
+    if key not in _CALIBRATED:
+        _CALIBRATED[key] = measure_cost(model, device, sizes)
+    return copy.deepcopy(_CALIBRATED[key])
+
+
+def measure_cost(model, device: torch.device | str, sizes=((128, 256), (256, 512))) -> MemoryCost:
+    """Measures the cost terms of `model` on `device`: per site the larger of measured (an
+    `all` inference per size of `sizes`) and analytic; the floors' phases from two
+    inferences that refine nothing per shape of FLOOR_SIZES, one keeping the encoder's
+    stride-8 and stride-16 maps (the held floor) and one not (the floor), on random images."""
+    from model.schemes import All
 
     analytic = model.analytic_cost()
     generator = torch.Generator().manual_seed(0)
@@ -272,25 +376,20 @@ def calibrate(model, device: torch.device | str, sizes=((128, 256), (256, 512)))
             )
             measured += FLOAT_BYTES * model.config.decoder_widths[level - 1] * count / 4
             site_bytes[level] = max(site_bytes[level], math.ceil(measured / max(count, 1)))
-    # Both floors are measured, not guessed (the first is the floor a budget is refused
-    # below): each is fitted as fixed + per pixel + per column (the encoder's bands) over
-    # FLOOR_SIZES, raised until it covers every image measured, plus 2 %.
-    lean, held = [], []
+    # The floors' phases are measured, not guessed, over FLOOR_SIZES (see there).
+    measured = []
     for height, width in FLOOR_SIZES:
         image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
-        lean.append((height, width, before_mask(model.predict(image, Budget(1)))))
-        held.append((height, width, before_mask(model.predict(image, Nothing()))))
-    fixed, per_pixel, per_column = fit_floor(lean)
-    cost = replace(
+        measured.append((height, width, floor_phases(model, image)))
+    fits = {}
+    for phase, known in known_bytes_per_pixel(model.config).items():
+        peaks = [(h, w, phases[phase]) for h, w, phases in measured]
+        fits[phase] = fit_floor(peaks[: len(SLOPE_SIZES)], peaks, known)
+    return replace(
         analytic,
         site_bytes=site_bytes,
-        base_bytes=fixed,
-        base_bytes_per_pixel=per_pixel,
-        band_bytes_per_column=per_column,
+        stream_bytes=fits["stream"],
+        held_stream_bytes=fits["held_stream"],
+        held_stages_bytes=fits["held_stages"],
+        head_bytes=fits["head"],
     )
-    excess = [(h, w, peak - cost.encoder_bytes(h, w)) for h, w, peak in held]
-    cost.held_bytes, per_pixel, cost.held_bytes_per_column = fit_floor(excess)
-    # The held maps are a known number of bytes a pixel; a fit over small images can fall
-    # below it, and a held floor below the maps it holds would let a budget overrun.
-    cost.held_bytes_per_pixel = max(per_pixel, 1.02 * analytic.held_bytes_per_pixel)
-    return cost

@@ -217,7 +217,7 @@ class QGN(nn.Module):
                 raise RuntimeError("uint8 pixels are for inference: call model.eval() first")
             batch, height, width = images.shape[:3]
             hold = scheme.holds_skips(self.cost.held_floor_bytes(height, width))
-            deepest, skips = encoder_from_pixels(self.encoder, images, hold)
+            deepest, skips = encoder_from_pixels(self.encoder, images, hold, probe)
         else:
             batch, (height, width) = images.shape[0], images.shape[-2:]
             pad_h, pad_w = -height % 32, -width % 32

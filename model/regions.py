@@ -205,7 +205,11 @@ def pixel_patches(pixels: Tensor, windows: Windows) -> Tensor:
         patch = pixels[:, r0:r1, c0:c1].permute(0, 3, 1, 2).float()
         patch.div_(255.0).sub_(mean).div_(std)
         pads = (c0 - left, left + windows.width - max(c1, c0), r0 - top)
-        return nn.functional.pad(patch, (*pads, top + windows.height - max(r1, r0)))
+        patch = nn.functional.pad(patch, (*pads, top + windows.height - max(r1, r0)))
+        # A band wholly below the image pads an empty patch, which comes back contiguous:
+        # mixed into the stream's channels-last rows it had every later convolution make
+        # blocked copies (a 16-row image measured more than a 32-row one).
+        return patch.contiguous(memory_format=torch.channels_last)
     origins = windows.origins
     rows = origins[:, 1:2] + torch.arange(windows.height, device=pixels.device)
     cols = origins[:, 2:3] + torch.arange(windows.width, device=pixels.device)
@@ -433,19 +437,23 @@ LEAN_STREAM_ROWS = 4
 
 
 def encoder_from_pixels(
-    encoder: nn.Module, pixels: Tensor, hold_skips: bool = True
+    encoder: nn.Module, pixels: Tensor, hold_skips: bool = True, probe=None
 ) -> tuple[Tensor, list[SkipSource]]:
     """From (B, H, W, 3) uint8 pixels: the stride-32 map, and where levels 1 to 5 read their
     skips. The maps at strides 4 and 2 are recomputed at the sites of levels 3 and 4 only,
     and level 5 reads the pixels. Those at strides 8 and 16 are small and kept whole when
     `hold_skips` (fast); otherwise they too are recomputed at their levels' sites (the least
-    memory, and more work per site)."""
+    memory, and more work per site). With `hold_skips`, the whole-map stages after the stream
+    are a phase of `probe` of their own ("encoder_stages"): the stream's peak follows the
+    columns, theirs the pixels, and the cost model fits each on its own."""
     held: dict[int, Tensor] = {}  # level -> the whole map it reads
     if hold_skips:
         stride8 = stream_encoder(encoder, pixels, 2, (8,), HELD_STREAM_ROWS)[8]
         stride16 = encoder.stages[2](stride8)
         deepest = encoder.stages[3](stride16)
         held.update({1: stride16, 2: stride8})
+        if probe is not None:
+            probe.begin_phase("encoder_stages")
     else:
         stages = len(encoder.stages)
         deepest = stream_encoder(encoder, pixels, stages, (32,), LEAN_STREAM_ROWS)[32]

@@ -317,7 +317,8 @@ class Capped(Scheme):
     """Another scheme, never refining more than a memory budget allows: the server's cap.
 
     Where the inner scheme picks more sites than fit, the most uncertain of its picks are
-    kept; `ran()` then says the cap bound, with the cap as the budget in force.
+    kept, and where the cap is below the held floor the encoder keeps no map whole; `ran()`
+    then says the cap bound, with the cap as the budget in force.
     """
 
     def __init__(self, inner: Scheme, cap_mb: float):
@@ -340,7 +341,12 @@ class Capped(Scheme):
         return kept
 
     def holds_skips(self, held_floor_bytes: int) -> bool:
-        return self.inner.holds_skips(held_floor_bytes) and self.cap.holds_skips(held_floor_bytes)
+        """The inner scheme's choice unless the cap is below the held floor: the cap then
+        shaped the run (the low-memory encoder), and `ran()` says so."""
+        inner = self.inner.holds_skips(held_floor_bytes)
+        held = inner and self.cap.holds_skips(held_floor_bytes)
+        self.bound = self.bound or (inner and not held)
+        return held
 
     def ran(self) -> SchemeRun:
         inner = self.inner.ran()
