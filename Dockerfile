@@ -1,92 +1,69 @@
-# QGN Serve image.
+# QGN Serve image: build it with docker/build.sh, which prepares what this file needs.
 #
-#   GPU (default): docker build -t qgn-serve:cu126 .
-#                  docker run --gpus 1 -p 8000:8000 qgn-serve:cu126
-#   CPU only:      docker build --build-arg VARIANT=cpu -t qgn-serve:cpu .
+#   docker/build.sh cpu                    # qgn-serve:cpu, Debian bases made here, no registry
+#   docker/build.sh gpu                    # qgn-serve:gpu, torch's CUDA 12 wheels + spconv-cu126
+#   docker/build.sh cpu --registry-bases   # on python:3.11-slim-bookworm from a registry
 #
-# The two variants differ only in their base image, the PyTorch wheel index and the spconv
-# extra of pyproject.toml; everything from `FROM base-${VARIANT}` on is shared. BuildKit
-# builds only the base stage that VARIANT names.
+# The build itself needs no network (build.sh runs it with --network none): every Python
+# package comes from docker/wheels/, a wheelhouse that build.sh fills on the host with `pip
+# download` (deps/, with the requirements read from pyproject.toml) and the project's own
+# wheel (project/). BASE and BUILDER must put python3 at the same path, since the venv made
+# in the builder is copied into the runtime image.
 
-ARG VARIANT=cu126
+ARG BASE=python:3.11-slim-bookworm
+ARG BUILDER=python:3.11-bookworm
 
-# --- GPU base: CUDA 12.6 runtime with cuDNN, Python 3.11 from Ubuntu 22.04 --------------------
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04 AS base-cu126
-# DL3008 (pin apt versions): the base image tag pins the distribution, and Ubuntu's archive
-# drops superseded patch versions, so an exact apt pin would break every rebuild after the
-# next security update of python3.11.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3.11 -m venv /opt/venv
-# QGN_DEVICE=auto: CUDA when `--gpus` passes a GPU in, else the CPU, with a log line saying so.
-ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 \
-    QGN_EXTRA=cu126 \
-    QGN_DEVICE=auto
-
-# --- CPU base: official Python 3.11 image -------------------------------------------------
-FROM python:3.11.14-slim-bookworm AS base-cpu
-RUN python -m venv /opt/venv
-ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu \
-    QGN_EXTRA=cpu \
-    QGN_DEVICE=cpu
-
-# --- The server, on either base -----------------------------------------------------------
-# DL3006 (tag the image): base-${VARIANT} is one of the two stages above, each pinned by tag.
+# --- The venv, built with a compiler at hand ------------------------------------------------
+# DL3006 (tag the image): BASE and BUILDER are build arguments; build.sh passes tagged images.
 # hadolint ignore=DL3006
-FROM base-${VARIANT} AS runtime
+FROM ${BUILDER} AS build
+# The dependencies first (the multi-GB layer for the GPU variant): editing the source reuses it.
+COPY docker/wheels/deps/ /wheels/deps/
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels/deps \
+        -r /wheels/deps/requirements.txt
+COPY docker/wheels/project/ /wheels/project/
+ENV QGN_NATIVE_CACHE=/opt/qgn-native
+# The project; then the allocation window (model/allocation_window.cpp: per-request peak memory,
+# counted by torch's allocators) compiled against this torch, world-readable so that the
+# runtime user loads it; then what the server never reads: torch's C++ headers (needed only
+# for that compile), its C++ test programs, and the bytecode caches of the build.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /wheels/project/*.whl \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -m model.allocation_window \
+    && chmod -R a+rX /opt/qgn-native \
+    && torch=$(/opt/venv/bin/python -c "import torch, os; print(os.path.dirname(torch.__file__))") \
+    && rm -rf "$torch/include" "$torch/test" \
+    && find "$torch/bin" -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} +
+
+# --- The server ------------------------------------------------------------------------------
+# DL3006: as above.
+# hadolint ignore=DL3006
+FROM ${BASE} AS runtime
+# cpu in the CPU image; auto in the GPU image: CUDA when `--gpus` passes a GPU in, else the
+# CPU with a log line saying so (QGN_DEVICE=cuda refuses to start without one).
+ARG QGN_DEVICE=cpu
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    QGN_DEVICE=${QGN_DEVICE} \
+    QGN_NATIVE_CACHE=/opt/qgn-native \
     QGN_WEIGHTS=/app/weights/qgn_small_synthetic.safetensors
 WORKDIR /app
-
-# Dependencies first, read from pyproject.toml alone, so that editing the source reuses this
-# (multi-GB, for CUDA) layer. torch comes from the PyTorch index of the variant; its pin must
-# match pyproject.toml's (tests/docker/test_dockerfile.py checks). The extra (`cu126` =
-# spconv-cu126==2.3.8, or `cpu` = spconv==2.3.8) is read from pyproject.toml as well.
-COPY pyproject.toml ./
-RUN pip install --no-cache-dir pip==25.3 \
-    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" torch==2.13.0 \
-    && python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies'][os.environ['QGN_EXTRA']]))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
-
-# The shipped weights (a .safetensors with its .json model card) change less often than the
-# code, so they come before it.
-COPY weights/ weights/
-
-# The source last: the project itself, with its extra (already satisfied by the layer above,
-# so nothing is downloaded here but the build backend).
-COPY README.md ./
-COPY model/ model/
-COPY server/ server/
-RUN pip install --no-cache-dir "./[${QGN_EXTRA}]" \
-    && pip check
-
-ENV QGN_NATIVE_CACHE=/opt/qgn-native
-# The allocation window (model/allocation_window.cpp: per-request peak memory, counted by
-# torch's allocators) is compiled against this image's torch, here, so that the image needs
-# no compiler at run time; the compiler leaves in the same layer. DL3008 (pin apt versions):
-# as above, the base image pins the distribution and its archive drops superseded versions.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends g++ \
-    && python -m model.allocation_window \
-    && apt-get purge -y --auto-remove g++ \
-    && rm -rf /var/lib/apt/lists/*
-
-# A non-root user; the code, venv and weights stay owned by root and read-only to it. USER is
-# numeric so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+# A non-root user; the venv, the window and the weights stay owned by root, read-only to it.
+# USER is numeric so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 RUN groupadd --system --gid 10001 qgn \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/qgn \
         --shell /usr/sbin/nologin qgn
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/qgn-native /opt/qgn-native
+COPY weights/ weights/
 USER 10001:10001
 
 EXPOSE 8000
 # The model loads in the lifespan before /healthz answers: allow a minute for it.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# `docker stop` sends SIGTERM: the server drains within QGN_DRAIN_TIMEOUT_S (8 s by default,
+# inside Docker's default 10 s grace period; raise both with --stop-timeout for longer).
 CMD ["qgn", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -69,6 +69,9 @@ def build(target: Path) -> None:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        # mkstemp made the file 0600 and the linker added execute bits: a library built by
+        # one user (root, in an image) is loaded by another (the server's), so it is 0755.
+        os.chmod(partial, 0o755)
         os.replace(partial, target)
     finally:
         Path(partial).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model import cancellation
 from model.cost import MemoryCost
 from model.decoder import DenseHead, RefinementStage
 from model.encoder import IMAGE_MEAN, IMAGE_STD, ResNetEncoder, fold_all_batchnorms
@@ -247,6 +248,7 @@ class QGN(nn.Module):
         levels = []
         mask_bytes = self.cost.mask_bytes(height, width)
         for level in range(LEVELS):
+            cancellation.check()
             last = level == LEVELS - 1
             if last:
                 propagate = torch.zeros(len(coords), dtype=torch.bool, device=coords.device)
@@ -296,6 +298,7 @@ class QGN(nn.Module):
             pixels = to_pixels(image, device)
             output = self(pixels, scheme, probe)
             del pixels
+            cancellation.check()
             probe.begin_phase("mask")
             mask_dtype = torch.uint8 if self.config.num_classes <= 255 else torch.int64
             mask = leaves_to_dense(output.leaves(0), height, width, LEVELS, dtype=mask_dtype)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from model import cancellation
 from model.encoder import IMAGE_MEAN, IMAGE_STD, BasicBlock, normalise
 
 
@@ -309,6 +310,7 @@ def stream_encoder(
     }
     written = dict.fromkeys(keep, 0)
     for top in [*range(0, grids[0][0], PIXEL_BAND_ROWS), None]:
+        cancellation.check()
         ended = top is None
         rows = None
         if not ended:
@@ -406,6 +408,7 @@ class SitesFromPixels(SkipSource):
         ends = [0, *torch.bincount(tile_of, minlength=len(tiles)).cumsum(0).tolist()]
         scale = torch.tensor([1, TILE_SIDE, TILE_SIDE], device=tiles.device)
         for first in range(0, len(tiles), self.tiles_per_chunk):
+            cancellation.check()
             last = min(first + self.tiles_per_chunk, len(tiles))
             tile = Windows.tiles(tiles[first:last] * scale, TILE_SIDE, self.grid)
             features = run_units(

@@ -5,8 +5,9 @@ head of the queue only when that reservation fits in what the running jobs leave
 device budget; until then every worker waits, so a big job at the head is never overtaken
 (starved) by small ones behind it, the way vLLM admits sequences while their KV-cache blocks
 fit. A reservation never exceeds the whole budget (the engine caps the request to fit first),
-so the head always starts once the running jobs finish. A job whose future was cancelled (its
-client timed out while it waited) is dropped without waiting for room.
+so the head always starts once the running jobs finish. A job whose future is already settled
+(its client timed out while it waited, or a draining server refused it) is dropped without
+waiting for room.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class AdmissionQueue:
         queue is closed and empty."""
         with self._changed:
             while True:
-                while self._jobs and self._jobs[0].future.cancelled():
+                while self._jobs and self._jobs[0].future.done():
                     self._jobs.popleft()
                 if self._jobs:
                     head = self._jobs[0]

@@ -12,6 +12,9 @@ from model.schemes import REQUESTABLE, SchemeError, SchemeRequest
 from model.weights import DEFAULT_WEIGHTS, WeightsError
 from server.errors import ApiError
 
+# Seconds uvicorn waits, after the drain, for the answers still being written.
+ANSWERS_GRACE_S = 2
+
 
 def _serve(args: argparse.Namespace) -> int:
     """Validates the settings, sets torch's threads per worker, then runs uvicorn with one
@@ -22,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.settings import Settings, SettingsError
+    from server.stopping import DrainingServer
 
     try:
         settings = Settings.from_env()
@@ -44,10 +48,10 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         access_log=False,  # server.middleware writes one structured line per request
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        timeout_graceful_shutdown=ANSWERS_GRACE_S,
         log_config=None,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, settings.drain_timeout_s)
     server.run()
     return 0 if server.started else 3
 

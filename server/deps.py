@@ -23,9 +23,11 @@ def loaded_engine(request: Request) -> Engine:
 
 
 def ready_engine(engine: Annotated[Engine, Depends(loaded_engine)]) -> Engine:
-    """The engine once it is calibrated and warm (503 before)."""
+    """The engine once it is calibrated and warm, until it drains (503 before and after)."""
     if not engine.ready:
         raise ApiError(503, "not_ready", "the model is loading", headers={"Retry-After": "2"})
+    if engine.draining:
+        raise engine.shutting_down()
     return engine
 
 

@@ -3,10 +3,13 @@
 The queue holds at most `queue_size` requests, waiting or running; past that a request is
 refused at once with 503 and a `Retry-After`. A request is admitted to a worker when its
 predicted peak (`server.prediction`) fits in what the running ones leave of the device budget
-(`QGN_DEVICE_MEMORY_MB`), first come first served (`server.admission`); a request whose
-prediction alone exceeds that budget runs capped to it. Each request's measured peak is its
-own: the CPU tracker is per thread. A request that outlives the timeout gets 504, and keeps
-its place until the device has really finished it, so the queue never over-fills.
+(`QGN_DEVICE_MEMORY_MB`, or `server.memory_limit`'s default), first come first served
+(`server.admission`); a request whose prediction alone exceeds that budget runs capped to it.
+An upload is decoded when its request is admitted, and on the CPU its pixels are part of
+what it reserves. Each request's measured peak is its own: the CPU tracker is per thread.
+A request that outlives the timeout gets 504 and is cancelled: it stops at its next check
+(`model.cancellation`) and frees its place and memory. On SIGTERM the engine drains
+(`drain`): accepted requests are finished while the drain timeout lasts, the rest get 503.
 """
 
 from __future__ import annotations
@@ -19,18 +22,19 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from model import allocation_window, memory
+from model import allocation_window, cancellation, memory
 from model.data import make_scene
 from model.qgn import QGN, Prediction
-from model.schemes import MIB, Budget, Scheme, SchemeRequest, make_scheme, mib_to_bytes
+from model.schemes import MIB, Budget, Scheme, SchemeRequest, make_scheme
 from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
-from server.images import encode_mask_png
+from server.images import PendingImage, encode_mask_png
+from server.memory_limit import device_memory
 from server.metrics import Metrics
 from server.prediction import PeakPredictor
 from server.settings import Settings
@@ -65,24 +69,24 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def device_memory_bytes(device: torch.device, settings: Settings) -> int:
-    """QGN_DEVICE_MEMORY_MB, or by default: on CUDA the device's free memory now (the weights
-    are loaded) less a reserve of 10 % of its total; on the CPU half the machine's memory."""
-    if settings.device_memory_mb is not None:
-        return mib_to_bytes(settings.device_memory_mb)
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return max(MIB, free - total // 10)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+# Bytes a pixel of a decoded upload holds on the host while its request runs (RGB uint8).
+PIXEL_BYTES = 3
+SHUTTING_DOWN = "shutting_down"
 
 
 @dataclass
 class Work:
-    """What a worker runs: the image, the scheme asked for and the scheme planned for it."""
+    """What a worker runs: the image, the scheme asked for and the scheme planned for it;
+    `cancel` stops it at its next check, answered with `refusal` (504 after a timeout, 503
+    when a draining server gives up on it)."""
 
-    image: np.ndarray
+    image: PendingImage
     request: SchemeRequest
     scheme: Scheme
+    predicted_bytes: int  # the model's predicted peak; the job reserves the pixels too
+    cancel: threading.Event = field(default_factory=threading.Event)
+    refusal: ApiError | None = None
+    started: bool = False  # it left the queue (to run, or answered while it waited)
 
 
 class Engine:
@@ -95,9 +99,12 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.predictor = PeakPredictor(model)
-        self.device_memory_bytes = device_memory_bytes(device, settings)
-        self.queue = AdmissionQueue(self.device_memory_bytes)
-        self._lock = threading.Lock()
+        self.queue = AdmissionQueue(MIB)
+        self._size_device_budget()
+        self.draining = False
+        self._running: dict[int, Job] = {}  # id(work) -> the jobs on a worker now
+        self._accepted: dict[int, Job] = {}  # id(job) -> every job not answered yet
+        self._lock = threading.RLock()  # settling a future runs its callbacks, which take it
         self._admitted = 0
         self._recent_seconds: deque[float] = deque(maxlen=20)
         self.ready = False
@@ -121,13 +128,25 @@ class Engine:
                 allocation_window.unavailable_reason(),
             )
         metrics.workers.set(settings.workers)
-        metrics.device_memory_budget.set(self.device_memory_bytes)
         self._workers = [
             threading.Thread(target=self._work, name=f"qgn-worker-{index}", daemon=True)
             for index in range(settings.workers)
         ]
         for worker in self._workers:
             worker.start()
+
+    def _size_device_budget(self) -> None:
+        """What the requests may hold together (`server.memory_limit`); on the CPU sized
+        again after the warm-up, from what the process then holds."""
+        settings = self.settings
+        self.device_memory = device_memory(
+            self.device, settings.device_memory_mb, settings.queue_size * settings.max_upload_bytes
+        )
+        self.device_memory_bytes = self.queue.capacity_bytes = self.device_memory.bytes
+        self.metrics.device_memory_budget.set(self.device_memory_bytes)
+        log.info(
+            "device budget %.1f MiB: %s", self.device_memory_bytes / MIB, self.device_memory.source
+        )
 
     @property
     def name(self) -> str:
@@ -145,6 +164,8 @@ class Engine:
 
     def admit(self) -> None:
         """Takes a place in the queue (waiting or running), or refuses with 503."""
+        if self.draining:
+            raise self.shutting_down()
         with self._lock:
             if self._admitted >= self.settings.queue_size:
                 raise ApiError(
@@ -166,21 +187,31 @@ class Engine:
         """The smallest budget an image of this size can run under, in MiB (rounded up)."""
         return math.ceil(self.model.cost.min_budget_bytes(height, width) / MIB * 100) / 100
 
-    def plan(self, image: np.ndarray, request: SchemeRequest) -> Job:
-        """The job to queue: the scheme under the server's cap, reserving its predicted peak;
-        413/422 when no budget can hold this image. A request predicted above the device
-        budget runs capped to it."""
-        height, width = image.shape[:2]
+    def pixel_bytes(self, height: int, width: int) -> int:
+        """What the decoded image holds outside the model's measured peak: on the CPU the
+        model reads the pixels in place, so they are the request's as well; on CUDA they are
+        copied to the device inside the measured peak, and host memory is not the budget."""
+        return PIXEL_BYTES * height * width if self.device.type == "cpu" else 0
+
+    def plan(self, image: PendingImage, request: SchemeRequest) -> Job:
+        """The job to queue: the scheme under the server's cap, reserving its predicted peak
+        and its pixels; 413/422 when no budget can hold this image. A request predicted above
+        the device budget runs capped to what the budget leaves beside its pixels."""
+        height, width = image.height, image.width
         floor = self.min_budget_mb(height, width)
         cap = self.settings.memory_budget_mb
-        device_mb = self.device_memory_bytes / MIB
-        for limit, what in ((cap, "caps every request at"), (device_mb, "has a device budget of")):
+        pixels = self.pixel_bytes(height, width)
+        device_mb = (self.device_memory_bytes - pixels) / MIB  # what the model may hold
+        in_device = f"has a device budget of {self.device_memory_bytes / MIB:g} MiB"
+        if pixels:
+            in_device += f", {pixels / MIB:.2f} MiB of it for the image's pixels"
+        for limit, what in ((cap, "caps every request at {:g} MiB"), (device_mb, in_device)):
             if limit is not None and floor > limit:
+                what = what.format(limit)
                 raise ApiError(
                     413,
                     "over_memory_budget",
-                    f"a {width}×{height} image needs at least {floor} MiB; this server {what} "
-                    f"{limit:g} MiB",
+                    f"a {width}×{height} image needs at least {floor} MiB; this server {what}",
                     min_budget_mb=floor,
                 )
         if request.name == "budget" and request.budget_mb < floor:
@@ -192,16 +223,18 @@ class Engine:
                 min_budget_mb=floor,
             )
         predicted = self.predictor.predict(request, height, width, cap)
-        if predicted > self.device_memory_bytes:
+        if predicted + pixels > self.device_memory_bytes:
             cap, predicted = (
                 device_mb if cap is None else min(cap, device_mb),
-                self.device_memory_bytes,
+                self.device_memory_bytes - pixels,
             )
-        return Job(Work(image, request, request.build(cap_mb=cap)), predicted)
+        work = Work(image, request, request.build(cap_mb=cap), predicted)
+        return Job(work, predicted + pixels)
 
     # Running -----------------------------------------------------------------------------
-    async def segment(self, image: np.ndarray, request: SchemeRequest) -> SegmentResult:
-        """Admits, waits for room on a worker, and waits at most the request timeout."""
+    async def segment(self, image: PendingImage, request: SchemeRequest) -> SegmentResult:
+        """Admits, waits for room on a worker, and waits at most the request timeout; a
+        request that outlives it is cancelled (504)."""
         job = self.plan(image, request)
         self.admit()
         try:
@@ -209,25 +242,52 @@ class Engine:
         except RuntimeError:  # the engine is shutting down
             self._release()
             self.metrics.queue_depth.dec()
-            raise ApiError(
-                503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"}
-            ) from None
-        job.future.add_done_callback(self._finished)
+            raise self.shutting_down() from None
+        with self._lock:
+            self._accepted[id(job)] = job
+        job.future.add_done_callback(lambda _: self._finished(job))
         try:
             return await asyncio.wait_for(
                 asyncio.wrap_future(job.future), timeout=self.settings.request_timeout_s
             )
         except TimeoutError:
-            raise ApiError(
+            timeout = ApiError(
                 504,
                 "timeout",
                 f"the request took longer than QGN_REQUEST_TIMEOUT_S="
                 f"{self.settings.request_timeout_s} s",
-            ) from None
+            )
+            self._cancel(job, timeout)
+            raise timeout from None
 
-    def _finished(self, future) -> None:
-        if future.cancelled():  # it timed out while waiting: it never ran
-            self.metrics.queue_depth.dec()
+    def _cancel(self, job: Job, refusal: ApiError) -> None:
+        """Stops a job: a waiting one is answered `refusal` at once and never runs, a running
+        one stops at its next check and is answered `refusal` then."""
+        work: Work = job.payload
+        with self._lock:
+            work.refusal = work.refusal or refusal
+            work.cancel.set()
+            if id(work) not in self._running and not job.future.done():
+                job.future.set_exception(work.refusal)
+
+    def _settle(self, job: Job, result: SegmentResult | None, error: BaseException | None):
+        """Answers the job's client, unless a timeout or a drain answered it already."""
+        with self._lock:
+            if job.future.done():
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+    def _finished(self, job: Job) -> None:
+        """The client has its answer: the job leaves the queue's count if it never ran, and
+        its place is free."""
+        with self._lock:
+            if not job.payload.started:
+                job.payload.started = True
+                self.metrics.queue_depth.dec()
+            self._accepted.pop(id(job), None)
         self._release()
 
     def _work(self) -> None:
@@ -238,31 +298,60 @@ class Engine:
             try:
                 self._run(job)
             finally:
+                with self._lock:
+                    self._running.pop(id(job.payload), None)
                 self.metrics.admitted_bytes.dec(job.reserved_bytes)
                 self.metrics.busy_workers.dec()
                 self.queue.done(job)
 
-    def _run(self, job: Job) -> None:
-        """Runs one job and settles its future; after an out-of-memory error the retry goes
-        back to the head of the queue, to be admitted like any request."""
+    def _start(self, job: Job) -> bool:
+        """Marks the job running; False when it was answered while it waited (timed out,
+        or refused by a drain)."""
         work: Work = job.payload
-        if job.retry_of is None:
-            if not job.future.set_running_or_notify_cancel():
-                return
-            self.metrics.queue_depth.dec()
+        with self._lock:
+            if job.retry_of is None:
+                if job.future.done():
+                    return False
+                work.started = True
+                self.metrics.queue_depth.dec()
+                if not job.future.set_running_or_notify_cancel():
+                    return False
+            if work.cancel.is_set() or job.future.done():
+                return False
+            self._running[id(work)] = job
+            return True
+
+    def _run(self, job: Job) -> None:
+        """Decodes the image, runs the job and settles its future; after an out-of-memory
+        error the retry goes back to the head of the queue, to be admitted like any
+        request."""
+        work: Work = job.payload
+        if not self._start(job):
+            return
         started = time.time()
         try:
-            prediction = self._predict(work.image, work.scheme)
+            pixels = work.image.pixels()
+        except BaseException as error:
+            self._settle(job, None, error)
+            return
+        try:
+            with cancellation.watching(work.cancel):
+                prediction = self._predict(pixels, work.scheme)
         except (torch.OutOfMemoryError, MemoryError) as error:
             self._free_device_memory()
-            if job.retry_of is None:
-                self._queue_retry(job, error)
+            if job.retry_of is None and not work.cancel.is_set():
+                self._queue_retry(job, PendingImage.of(pixels), error)
             else:
-                job.future.set_exception(self._out_of_memory(work.scheme))
+                self._settle(job, None, work.refusal or self._out_of_memory(work.scheme))
+            return
+        except cancellation.Cancelled:
+            log.info("inference cancelled: %s", work.refusal.message if work.refusal else "")
+            self._settle(job, None, work.refusal)
             return
         except BaseException as error:
-            job.future.set_exception(error)
+            self._settle(job, None, error)
             return
+        del pixels
         self._log_inference(job, started, prediction)
         self._recent_seconds.append(prediction.latency_s)
         self._learn(job, prediction)
@@ -271,29 +360,29 @@ class Engine:
         try:
             mask_png = encode_mask_png(prediction.mask.numpy(), self.card["palette"])
         except BaseException as error:
-            job.future.set_exception(error)
+            self._settle(job, None, error)
             return
-        job.future.set_result(SegmentResult(prediction=prediction, mask_png=mask_png))
+        self._settle(job, SegmentResult(prediction=prediction, mask_png=mask_png), None)
 
-    def _queue_retry(self, job: Job, error: BaseException) -> None:
+    def _queue_retry(self, job: Job, image: PendingImage, error: BaseException) -> None:
         """One retry under a budget of half what the device could not give (507 if that
-        fails too); the prediction records that it was degraded."""
+        fails too), with the pixels already decoded; the prediction records that it was
+        degraded."""
         work: Work = job.payload
-        image, request = work.image, work.request
-        floor = self.min_budget_mb(image.shape[0], image.shape[1])
+        request = work.request
+        pixels = self.pixel_bytes(image.height, image.width)
+        floor = self.min_budget_mb(image.height, image.width)
         in_force = cap = self.settings.memory_budget_mb
         if request.name == "budget":
             in_force = request.budget_mb if cap is None else min(request.budget_mb, cap)
         budget = max(floor, self._tighter_budget_mb(in_force, image))
-        budget = min(budget, max(floor, self.device_memory_bytes / MIB))
+        budget = min(budget, max(floor, (self.device_memory_bytes - pixels) / MIB))
         log.warning("out of memory (%s); retrying under %.1f MiB", type(error).__name__, budget)
-        retry = Job(
-            Work(image, request, Budget.in_mib(budget)),
-            math.ceil(min(budget * MIB, self.device_memory_bytes)),
-            job.future,
-            retry_of=error,
-        )
-        self.queue.put(retry, first=True)
+        # The same Work (its cancel flag and answer) with the decoded image and a budget.
+        work.image, work.scheme = image, Budget.in_mib(budget)
+        work.predicted_bytes = math.ceil(budget * MIB)
+        reserved = math.ceil(min(budget * MIB + pixels, self.device_memory_bytes))
+        self.queue.put(Job(work, reserved, job.future, retry_of=error), first=True)
 
     @staticmethod
     def _out_of_memory(scheme: Scheme) -> ApiError:
@@ -307,9 +396,9 @@ class Engine:
     def _learn(self, job: Job, prediction: Prediction) -> None:
         """The prediction's error in the metrics; the predictor learns from runs as asked."""
         work: Work = job.payload
-        height, width = work.image.shape[:2]
+        height, width = work.image.height, work.image.width
         self.metrics.prediction_ratio.labels(prediction.scheme.name).observe(
-            prediction.peak_bytes / max(job.reserved_bytes, 1)
+            prediction.peak_bytes / max(work.predicted_bytes, 1)
         )
         if job.retry_of is None and not prediction.scheme.capped:
             self.predictor.observe(work.request, height, width, prediction.peak_bytes)
@@ -328,7 +417,8 @@ class Engine:
                     "end": round(time.time(), 6),
                     "scheme": prediction.scheme.name,
                     "threshold": prediction.scheme.threshold,
-                    "predicted_peak_bytes": job.reserved_bytes,
+                    "predicted_peak_bytes": job.payload.predicted_bytes,
+                    "reserved_bytes": job.reserved_bytes,
                     "peak_memory_bytes": prediction.peak_bytes,
                 }
             )
@@ -342,11 +432,11 @@ class Engine:
             raise torch.OutOfMemoryError(f"simulated by {FAULT_INJECT_OOM} (a test hook)")
         return self.model.predict(image, scheme)
 
-    def _tighter_budget_mb(self, budget: float | None, image: np.ndarray) -> float:
+    def _tighter_budget_mb(self, budget: float | None, image: PendingImage) -> float:
         """Half the budget that failed; without one, twice the image's minimum."""
         if budget is not None:
             return budget / 2
-        return 2 * self.min_budget_mb(image.shape[0], image.shape[1])
+        return 2 * self.min_budget_mb(image.height, image.width)
 
     def _free_device_memory(self) -> None:
         if self.device.type == "cuda":
@@ -367,10 +457,42 @@ class Engine:
         ]:
             run = self.model.predict(scene, request.build())
             self.predictor.observe(request, 256, 512, run.peak_bytes)
+        if self.device.type == "cpu" and self.settings.device_memory_mb is None:
+            self._size_device_budget()
         self.ready = True
 
-    def shutdown(self) -> None:
-        """Drains: the workers finish every queued request, then stop."""
+    # Stopping ----------------------------------------------------------------------------
+    @staticmethod
+    def shutting_down(detail: str = "") -> ApiError:
+        return ApiError(
+            503,
+            SHUTTING_DOWN,
+            f"the server is shutting down{detail}; retry on another replica or later",
+            headers={"Retry-After": "5"},
+        )
+
+    def drain(self, timeout_s: float) -> None:
+        """SIGTERM: readiness fails and new requests get 503 at once (`draining`); the
+        accepted ones, running or queued, are finished while `timeout_s` lasts; any left
+        then are answered 503 (a waiting one at once, a running one at its next check)."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._accepted:
+                    return
+            time.sleep(0.02)
+        refusal = self.shutting_down(f" and could not finish this request in {timeout_s:g} s")
+        with self._lock:
+            left = list(self._accepted.values())
+        log.warning("drain: %d request(s) not finished in %g s get 503", len(left), timeout_s)
+        for job in left:
+            self._cancel(job, refusal)
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """The workers finish what is queued (nothing, after `drain`), then stop; a worker
+        still inside an inference after `timeout_s` is left to die with the process."""
         self.queue.close()
+        deadline = time.monotonic() + timeout_s
         for worker in self._workers:
-            worker.join()
+            worker.join(max(0.0, deadline - time.monotonic()))

@@ -58,6 +58,14 @@ class Limits(BaseModel):
     max_pixels: int
 
 
+class DeviceMemoryInfo(BaseModel):
+    mb: float = Field(description="what the requests running together may hold, in MiB")
+    source: str = Field(
+        description="QGN_DEVICE_MEMORY_MB, or how the default was found (the cgroup's memory "
+        "limit less what the process holds, on the CPU; the free memory, on CUDA)"
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -71,6 +79,7 @@ class ModelInfo(BaseModel):
     limits: Limits
     default_scheme: str
     memory_budget_mb: float | None
+    device_memory: DeviceMemoryInfo
     memory_measurement: str = Field(
         description="how peak_memory_bytes is measured: allocation window (per request, by "
         "torch's allocators), dispatch tracker (CPU fallback, per op) or cuda allocator "

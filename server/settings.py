@@ -26,6 +26,9 @@ class Settings:
     queue_size: int = 8
     memory_budget_mb: float | None = None
     request_timeout_s: float = 120.0
+    # SIGTERM: accepted requests are finished for this long, the rest get 503; inside
+    # Docker's default 10 s grace period with room for the answers to go out.
+    drain_timeout_s: float = 7.0
     workers: int = 1
     # None: the defaults `threads_per_worker` and `Engine` resolve (they depend on the machine).
     torch_threads: int | None = None
@@ -43,6 +46,7 @@ class Settings:
         _positive("QGN_MAX_PIXELS", self.max_pixels)
         _positive("QGN_QUEUE_SIZE", self.queue_size)
         _positive("QGN_REQUEST_TIMEOUT_S", self.request_timeout_s)
+        _positive("QGN_DRAIN_TIMEOUT_S", self.drain_timeout_s)
         if self.memory_budget_mb is not None:
             _positive("QGN_MEMORY_BUDGET_MB", self.memory_budget_mb)
         _positive("QGN_WORKERS", self.workers)
@@ -88,6 +92,7 @@ class Settings:
             queue_size=number("QGN_QUEUE_SIZE", int, 8),
             memory_budget_mb=number("QGN_MEMORY_BUDGET_MB", float, None),
             request_timeout_s=number("QGN_REQUEST_TIMEOUT_S", float, 120.0),
+            drain_timeout_s=number("QGN_DRAIN_TIMEOUT_S", float, 7.0),
             workers=number("QGN_WORKERS", int, 1),
             torch_threads=number("QGN_TORCH_THREADS", int, None),
             device_memory_mb=number("QGN_DEVICE_MEMORY_MB", float, None),

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from model.qgn import Prediction
 from server.errors import ApiError, validation_error
-from server.images import load_image
+from server.images import PendingImage, open_upload
 from server.v2_schemas import InferInput, InferRequest, RequestedOutput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -84,10 +84,10 @@ def parse_request(body: bytes, header_length: int | None) -> ParsedRequest:
     return ParsedRequest(request, binary if size is not None else None)
 
 
-def image_of(parsed: ParsedRequest, max_upload_bytes: int, max_pixels: int) -> np.ndarray:
-    """The (H, W, 3) uint8 pixels of a BYTES [1] input (an encoded image, decoded by
-    `server.images`) or of a UINT8 [H, W, 3] one (400; 413 over the upload or pixel limit,
-    judged before anything is decoded)."""
+def image_of(parsed: ParsedRequest, max_upload_bytes: int, max_pixels: int) -> PendingImage:
+    """The image of a BYTES [1] input (an encoded image, decoded by `server.images` when the
+    request is admitted) or of a UINT8 [H, W, 3] one (400; 413 over the upload or pixel
+    limit, judged before anything is decoded)."""
     tensor = parsed.image
     if tensor.datatype == "BYTES":
         if tensor.shape != [1]:
@@ -99,7 +99,7 @@ def image_of(parsed: ParsedRequest, max_upload_bytes: int, max_pixels: int) -> n
                 "upload_too_large",
                 f"the image has {len(data)} bytes; the limit is {max_upload_bytes}",
             )
-        return load_image(data, max_pixels)
+        return open_upload(data, max_pixels)
     if len(tensor.shape) != 3 or tensor.shape[2] != 3:
         raise bad_tensor(f"a UINT8 image has shape [H, W, 3] (RGB pixels), not {tensor.shape}")
     height, width, _ = tensor.shape
@@ -118,8 +118,9 @@ def image_of(parsed: ParsedRequest, max_upload_bytes: int, max_pixels: int) -> n
                 f"a UINT8 [{height}, {width}, 3] tensor has {height * width * 3} bytes, "
                 f"not {len(parsed.binary)}"
             )
-        return np.frombuffer(parsed.binary, dtype=np.uint8).reshape(height, width, 3).copy()
-    return _pixels_from_json(tensor.data, height, width)
+        pixels = np.frombuffer(parsed.binary, dtype=np.uint8).reshape(height, width, 3).copy()
+        return PendingImage.of(pixels)
+    return PendingImage.of(_pixels_from_json(tensor.data, height, width))
 
 
 def _bytes_element(parsed: ParsedRequest) -> bytes:

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from model.qgn import BLOCK_SIZES, LEVELS
 from model.schemes import REQUESTABLE
 from server.deps import LoadedEngine
-from server.schemas import ErrorResponse, Limits, ModelInfo
+from server.schemas import DeviceMemoryInfo, ErrorResponse, Limits, ModelInfo
 
 router = APIRouter()
 
@@ -28,6 +28,9 @@ def model_info(engine: LoadedEngine) -> ModelInfo:
         limits=Limits(max_upload_mb=settings.max_upload_mb, max_pixels=settings.max_pixels),
         default_scheme=settings.default_scheme,
         memory_budget_mb=settings.memory_budget_mb,
+        device_memory=DeviceMemoryInfo(
+            mb=round(engine.device_memory.bytes / 2**20, 2), source=engine.device_memory.source
+        ),
         memory_measurement=engine.measurement,
         evaluation=card.get("evaluation"),
     )

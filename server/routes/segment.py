@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartParser
 from model.qgn import BLOCK_SIZES, LEVELS
 from server.deps import ReadyEngine, RequestedScheme
 from server.errors import ApiError
-from server.images import check_content_type, load_image, read_body
+from server.images import check_content_type, open_upload, read_body
 from server.inference import SegmentResult
 from server.schemas import ErrorResponse, SegmentResponse
 
@@ -110,7 +110,7 @@ async def segment(
 ):
     settings = request.app.state.settings
     data = await image_bytes(request, settings.max_upload_bytes)
-    image = await run_in_threadpool(load_image, data, settings.max_pixels)
+    image = await run_in_threadpool(open_upload, data, settings.max_pixels)
     del data
     result = await engine.segment(image, wanted)
     request.app.state.recent.add(result.prediction)

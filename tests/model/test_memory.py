@@ -1,4 +1,5 @@
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -178,6 +179,9 @@ def test_the_library_builds_into_a_fresh_cache(tmp_path):
     built = Path(done.stdout.strip())
     assert built.parent == tmp_path and built.is_file()
     assert [p.name for p in tmp_path.iterdir()] == [built.name]
+    # Readable and loadable by every user: an image builds it as root for a non-root server
+    # (the temporary file it is written through starts 0600).
+    assert stat.S_IMODE(built.stat().st_mode) == 0o755
 
 
 class EveryOpTracker(CpuAllocationTracker):

@@ -14,6 +14,7 @@ from model.schemes import Capped, SchemeRequest
 from model.weights import load_weights
 from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
+from server.images import PendingImage
 from server.prediction import MARGIN, PeakPredictor
 from server.settings import Settings
 from tests.server.conftest import scene_image, started
@@ -114,15 +115,20 @@ def test_pc_is_predicted_from_runs_of_its_own_size_first(tiny_weights):
 
 
 def test_a_request_predicted_above_the_device_budget_runs_capped_to_it(tiny_weights):
-    image = scene_image(160, 224, seed=1)
+    """On the CPU the decoded pixels are the request's too: the cap is what the device budget
+    leaves beside them, and the reservation is the whole budget."""
+    image = PendingImage.of(scene_image(160, 224, seed=1))
     with started(Settings(weights=tiny_weights, device="cpu", device_memory_mb=2.0)) as client:
         engine = client.app.state.engine
         job = engine.plan(image, SchemeRequest("all"))
         assert job.reserved_bytes == engine.device_memory_bytes == 2 * MIB
-        assert isinstance(job.payload.scheme, Capped) and job.payload.scheme.cap.budget_mb == 2.0
+        pixels = 3 * 160 * 224
+        assert isinstance(job.payload.scheme, Capped)
+        assert job.payload.scheme.cap.budget_mb == pytest.approx((2 * MIB - pixels) / MIB)
         with pytest.raises(ApiError) as refused:
-            engine.plan(scene_image(2048, 2048), SchemeRequest("pc"))
+            engine.plan(PendingImage.of(scene_image(2048, 2048)), SchemeRequest("pc"))
         assert refused.value.status == 413 and "device budget of 2 MiB" in refused.value.message
+        assert "12.00 MiB of it for the image's pixels" in refused.value.message
         text = client.get("/metrics").text
         assert "qgn_device_memory_budget_bytes 2.097152e+06" in text
         assert "qgn_workers 1.0" in text

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,28 +125,111 @@ def test_real_server_segments_png_and_jpeg_with_every_scheme(server):
     assert '"path": "/v1/segment"' in log and '"peak_memory_bytes": ' in log
 
 
-def test_sigterm_lets_the_request_in_flight_finish(server):
-    import threading
+def post_in_thread(server: RunningServer, image: np.ndarray, query: str, results: list):
+    """Sends one request from a thread; its response (or error) lands in `results`."""
 
-    result = {}
+    def send():
+        try:
+            results.append(
+                server.http.post(
+                    f"/v1/segment?{query}",
+                    content=encode(image),
+                    headers={"content-type": "image/png"},
+                )
+            )
+        except httpx.HTTPError as error:
+            results.append(error)
 
-    def slow_request():
-        big = encode(scene_image(768, 1024, seed=1))
-        result["response"] = server.http.post(
-            "/v1/segment?scheme=all", content=big, headers={"content-type": "image/png"}
-        )
-
-    thread = threading.Thread(target=slow_request)
+    thread = threading.Thread(target=send)
     thread.start()
-    deadline = time.monotonic() + 30
-    while (
-        time.monotonic() < deadline
-        and "qgn_inflight_requests 1.0" not in server.http.get("/metrics").text
-    ):
+    return thread
+
+
+def wait_for_metric(server: RunningServer, line: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and line not in server.http.get("/metrics").text:
         time.sleep(0.02)
-    server.process.send_signal(signal.SIGTERM)
-    thread.join(timeout=120)
-    assert result["response"].status_code == 200
-    # uvicorn drains, then re-raises the SIGTERM it caught, so the exit reads as that signal.
-    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
-    assert "Finished server process" in server.log.read_text()
+    assert line in server.http.get("/metrics").text, f"never saw {line!r}"
+
+
+def test_sigterm_finishes_what_was_accepted_refuses_the_new_and_exits_0(tiny_weights, tmp_path):
+    server = RunningServer(tiny_weights, tmp_path / "server.log", QGN_DRAIN_TIMEOUT_S="120")
+    try:
+        results: list = []
+        running = post_in_thread(server, scene_image(768, 1024, seed=1), "scheme=all", results)
+        wait_for_metric(server, "qgn_inflight_requests 1.0")
+        queued = post_in_thread(server, scene_image(96, 160, seed=2), "scheme=pc", results)
+        wait_for_metric(server, "qgn_queue_depth 1.0")
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and server.http.get("/readyz").status_code == 200:
+            time.sleep(0.02)
+        ready = server.http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "shutting_down"
+        late = server.http.post(
+            "/v1/segment",
+            content=encode(scene_image(64, 64)),
+            headers={"content-type": "image/png"},
+        )
+        assert late.status_code == 503 and late.headers["Retry-After"].isdigit()
+        running.join(timeout=180)
+        queued.join(timeout=60)
+        assert [r.status_code for r in results] == [200, 200], results
+        assert server.process.wait(timeout=60) == 0
+        assert "Finished server process" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_what_cannot_finish_in_the_drain_gets_503_before_a_clean_exit(tiny_weights, tmp_path):
+    server = RunningServer(tiny_weights, tmp_path / "server.log", QGN_DRAIN_TIMEOUT_S="0.5")
+    try:
+        results: list = []
+        threads = [post_in_thread(server, scene_image(1024, 1536, seed=1), "scheme=all", results)]
+        wait_for_metric(server, "qgn_inflight_requests 1.0")
+        threads.append(post_in_thread(server, scene_image(96, 160), "scheme=pc", results))
+        wait_for_metric(server, "qgn_queue_depth 1.0")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert [getattr(r, "status_code", r) for r in results] == [503, 503], results
+        assert all(r.json()["error"]["code"] == "shutting_down" for r in results)
+        assert server.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10, "inside Docker's default grace period"
+    finally:
+        server.stop()
+
+
+def test_a_timed_out_request_stops_computing_and_frees_its_place(tiny_weights, tmp_path):
+    """504 after QGN_REQUEST_TIMEOUT_S, then the inference stops at its next check: the
+    worker is free within 2 s and the next request runs at once."""
+    server = RunningServer(
+        tiny_weights, tmp_path / "server.log", QGN_REQUEST_TIMEOUT_S="1", QGN_QUEUE_SIZE="1"
+    )
+    try:
+        slow = server.http.post(
+            "/v1/segment?scheme=all",
+            content=encode(scene_image(1024, 1536, seed=1)),
+            headers={"content-type": "image/png"},
+        )
+        assert slow.status_code == 504
+        answered = time.monotonic()
+        deadline = answered + 2
+        while (
+            time.monotonic() < deadline
+            and "qgn_busy_workers 0.0" not in server.http.get("/metrics").text
+        ):
+            time.sleep(0.02)
+        assert "qgn_busy_workers 0.0" in server.http.get("/metrics").text
+        assert "qgn_admitted_bytes 0.0" in server.http.get("/metrics").text
+        assert time.monotonic() - answered < 2
+        quick = server.http.post(
+            "/v1/segment?scheme=pc",
+            content=encode(scene_image(64, 64)),
+            headers={"content-type": "image/png"},
+        )
+        assert quick.status_code == 200, "the queue's one place is free again"
+        assert "inference cancelled" in server.log.read_text()
+    finally:
+        server.stop()
