@@ -110,6 +110,8 @@ class MemoryCost:
     # encoder did not keep their maps.
     recompute_bytes: tuple[int, ...] = ()
     recompute_tiles: tuple[int, ...] = ()  # tiles in such a chunk: fewer sites fill fewer
+    # Per level, the working bytes of a chunk of one tile: what any recompute costs at least.
+    recompute_base_bytes: tuple[int, ...] = ()
     num_logits: int = 32  # per site of a level's output (C + 1)
 
     @classmethod
@@ -176,12 +178,15 @@ class MemoryCost:
     def fixed_stage_bytes(self, level: int, held: bool = True, sites: int | None = None) -> int:
         """A level's fixed working bytes: its filter copies, and the chunk of tiles its skip
         is recomputed in where it is (levels 3 and 4; 1 and 2 unless `held`): a whole chunk,
-        or, for a known count of sites, no more tiles than sites."""
+        or, for a known count of sites, no more tiles than sites (a chunk of one tile at
+        least)."""
         extra = 0
         if recomputes(level, held) and self.recompute_bytes:
             extra = self.recompute_bytes[level]
             if sites is not None and self.recompute_tiles:
-                extra = math.ceil(extra * min(1.0, sites / self.recompute_tiles[level]))
+                base = self.recompute_base_bytes[level] if self.recompute_base_bytes else 0
+                share = min(1.0, sites / self.recompute_tiles[level])
+                extra = math.ceil(base + (extra - base) * share)
         return self.stage_bytes[level] + extra
 
     def run_peak_bytes(
@@ -340,6 +345,35 @@ def floor_phases(model, image: torch.Tensor) -> dict[str, int]:
     }
 
 
+def measure_recompute(
+    model, device: torch.device | str, analytic: MemoryCost
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per level, the measured working bytes of recomputing its skip for a whole chunk of
+    tiles (never below the analytic figure) and for a chunk of one tile, plus 2 %: the
+    analytic bound misses oneDNN's buffers and the gathers' indices (thin images, whose
+    sites fill a whole chunk of tiles with a few sites each, measured 7 % over it)."""
+    from model.memory import MemoryProbe
+    from model.qgn import to_pixels
+    from model.regions import TILE_SIDE, SitesFromPixels
+
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 256, (1024, 1024, 3), dtype=torch.uint8, generator=generator)
+    pixels = to_pixels(image, device)
+    full, base = list(analytic.recompute_bytes), [0] * len(analytic.recompute_bytes)
+    for level in range(1, len(full) - 1):
+        source = SitesFromPixels(model.encoder, pixels, len(full) - 2 - level)
+        columns = source.grid[1] // TILE_SIDE
+        peaks = []
+        for tiles in (1, source.tiles_per_chunk):
+            origins = [(0, t // columns, t % columns) for t in range(tiles)]
+            coords = TILE_SIDE * torch.tensor(origins, device=pixels.device)
+            with torch.inference_mode(), MemoryProbe(pixels.device) as probe:
+                source.at(coords)
+            peaks.append(math.ceil(FIT_MARGIN * probe.peak_bytes))
+        base[level], full[level] = peaks[0], max(full[level], peaks[1])
+    return tuple(full), tuple(base)
+
+
 # Calibrations done in this process: what a model's memory costs depends on its architecture,
 # whether its norms are folded, the device and the threads, not on its weights' values.
 _CALIBRATED: dict[tuple, MemoryCost] = {}
@@ -381,6 +415,7 @@ def measure_cost(model, device: torch.device | str, sizes=((128, 256), (256, 512
     for height, width in FLOOR_SIZES:
         image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
         measured.append((height, width, floor_phases(model, image)))
+    recompute = measure_recompute(model, device, analytic)
     fits = {}
     for phase, known in known_bytes_per_pixel(model.config).items():
         peaks = [(h, w, phases[phase]) for h, w, phases in measured]
@@ -388,6 +423,8 @@ def measure_cost(model, device: torch.device | str, sizes=((128, 256), (256, 512
     return replace(
         analytic,
         site_bytes=site_bytes,
+        recompute_bytes=recompute[0],
+        recompute_base_bytes=recompute[1],
         stream_bytes=fits["stream"],
         held_stream_bytes=fits["held_stream"],
         held_stages_bytes=fits["held_stages"],

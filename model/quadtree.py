@@ -61,7 +61,8 @@ def block_extrema(
     count (`values` must then be >= 0): a block with none has min = int64 max and max = -1,
     and so has the padding. Without it every value counts and the padding replicates the last
     row and column, which lie in the same block, so no block changes its verdict and the map
-    keeps its own dtype (a uint8 mask peaks at ~2.75 bytes per padded pixel, its one padded copy included).
+    keeps its own dtype (a uint8 mask peaks at ~2.75 bytes per padded pixel, its one padded
+    copy included).
     """
     height, width = values.shape
     base = block_sizes(levels)[0]
