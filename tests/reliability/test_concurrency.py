@@ -127,7 +127,7 @@ def test_a_device_budget_for_one_request_lets_no_two_overlap(weights, tmp_path, 
     ]  # the budget requests reserve their budget, exactly
     reserved = {run["reserved_bytes"] for run in budget_runs}
     assert len(reserved) == 1, reserved
-    device_mb = 1.5 * reserved.pop() / MIB  # room for one, not for two
+    device_mb = round(1.5 * reserved.pop() / MIB, 3)  # room for one, not for two
     server = start_server(
         weights, tmp_path / "server.log", QGN_DEVICE_MEMORY_MB=f"{device_mb:.3f}", **TWO_WORKERS
     )
