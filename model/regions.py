@@ -452,11 +452,11 @@ def encoder_from_pixels(
     held: dict[int, Tensor] = {}  # level -> the whole map it reads
     if hold_skips:
         stride8 = stream_encoder(encoder, pixels, 2, (8,), HELD_STREAM_ROWS)[8]
+        if probe is not None:
+            probe.begin_phase("encoder_stages")
         stride16 = encoder.stages[2](stride8)
         deepest = encoder.stages[3](stride16)
         held.update({1: stride16, 2: stride8})
-        if probe is not None:
-            probe.begin_phase("encoder_stages")
     else:
         stages = len(encoder.stages)
         deepest = stream_encoder(encoder, pixels, stages, (32,), LEAN_STREAM_ROWS)[32]
