@@ -35,6 +35,26 @@ RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
 COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
 FLOAT_BYTES = 4
 LIVE_TENSORS_PER_SITE = 5
+# What a request may rely on (served by `/v1/model`; tests/model/test_memory_promise.py and
+# tests/server/test_memory_promise.py check it over random and thin shapes).
+MEMORY_GUARANTEE = {
+    "counted": "peak_memory_bytes: the most bytes held at once, during one inference, of what "
+    "torch's allocators gave the request's work (its thread and torch's intra-op threads), "
+    "from the pixels entering the model to the mask's quadtree; weights and anything "
+    "allocated before the request are not counted. On the CPU the decoded upload (3 bytes a "
+    "pixel) is read in place and not counted; on CUDA its copy on the device is counted and "
+    "host memory is not.",
+    "budget": "scheme=budget with budget_mb >= the image's min_budget_mb is always accepted and "
+    "peak_memory_bytes never exceeds budget_mb MiB.",
+    "cap": "With QGN_MEMORY_BUDGET_MB, no request of any scheme exceeds it; capped is true, "
+    "with the cap as budget_mb, whenever the cap dropped a site or had the encoder keep no "
+    "map whole.",
+    "all": "scheme=all never exceeds the peak admission reserves for it.",
+    "how": "The cost model is calibrated on the serving device at start (per-site bytes and "
+    "the refine-nothing floors, fitted as upper bounds over thin, small and large shapes); "
+    "tested over random shapes from 1x1 to 32768 pixels long, thin ones weighted in, on the "
+    "CPU. On CUDA the same calibration runs on the device; no GPU test has checked it yet.",
+}
 # What `MemoryCost.terms` splits a sparse level's predicted bytes into.
 COST_TERMS = ("activations", "rulebook", "coords", "filters", "recompute", "calibration_extra")
 # The indices that map a recomputed level's sites to their tiles.

@@ -90,6 +90,9 @@ def check_cap(weights, shape: tuple[int, int], factor: float) -> None:
 def test_budgets_hold_on_thin_shapes_over_http(tiny_weights):
     with started(Settings(weights=tiny_weights, device="cpu")) as client:
         check_budgets(client, THIN)
+        guarantee = client.get("/v1/model").json()["memory_guarantee"]
+        assert {"counted", "budget", "cap", "all", "how"} <= set(guarantee)
+        assert "min_budget_mb" in guarantee["budget"] and "CUDA" in guarantee["counted"]
 
 
 @pytest.mark.parametrize(
