@@ -113,13 +113,13 @@ class MemoryCost:
     site_bytes: list[int]
     stage_bytes: list[int]
     # The lean encoder: streamed to stride 32, nothing kept but the stride-32 map.
-    stream_bytes: Linear
+    stream_bytes: Linear = (0.0, 0.0, 0.0)
     # The held encoder: streamed to stride 8, that map kept; then the stages at strides 16
     # and 32 over the whole kept maps.
-    held_stream_bytes: Linear
-    held_stages_bytes: Linear
+    held_stream_bytes: Linear = (0.0, 0.0, 0.0)
+    held_stages_bytes: Linear = (0.0, 0.0, 0.0)
     # The dense head at level 0, over the stride-32 map (on top of the kept maps, if kept).
-    head_bytes: Linear
+    head_bytes: Linear = (0.0, 0.0, 0.0)
     # The kept stride-8 and stride-16 maps, per padded pixel: known exactly.
     held_bytes_per_pixel: float = 0.0
     # The widths the per-site terms were derived from; `terms` needs them (`analytic` sets
