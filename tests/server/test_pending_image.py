@@ -1,0 +1,56 @@
+"""Uploads are checked at once and decoded on admission: the size a request is planned for
+is the size its pixels have, and decoding leaves only the pixels behind."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.errors import ApiError
+from server.images import open_upload
+from tests.server.conftest import encode, scene_image
+
+
+def resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("turn", [1, 3, 6, 8])
+def test_the_planned_size_is_the_decoded_size_after_exif_rotation(turn):
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    pending = open_upload(encode(scene_image(48, 80), "JPEG", exif=exif), 10**6)
+    pixels = pending.pixels()
+    assert pixels.shape == (pending.height, pending.width, 3)
+    assert (pending.height, pending.width) == ((80, 48) if turn in (6, 8) else (48, 80))
+
+
+def test_a_broken_body_is_refused_on_decode_not_on_open():
+    data = encode(scene_image(64, 96), "PNG")
+    pending = open_upload(data[: len(data) // 2], 10**6)  # the header is whole
+    assert (pending.height, pending.width) == (64, 96)
+    with pytest.raises(ApiError) as refused:
+        pending.pixels()
+    assert refused.value.status == 400
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc")
+def test_decoding_leaves_only_the_pixels_behind():
+    """Pillow decodes into 4 bytes a pixel; once the array is made that buffer is freed, even
+    while the pending image is still held (as a queued job holds it)."""
+    image = Image.fromarray(scene_image(300, 400)).resize((4000, 3000))
+    pending = open_upload(encode(image, "JPEG", quality=90), 10**8)
+    del image
+    gc.collect()
+    before = resident_bytes()
+    pixels = pending.pixels()
+    held = resident_bytes() - before
+    assert isinstance(pixels, np.ndarray) and pixels.flags.writeable
+    assert held < pixels.nbytes + 16 * 2**20, f"{held} bytes held for {pixels.nbytes} of pixels"
