@@ -25,6 +25,8 @@ from spconv.pytorch import utils as _utils
 from spconv.pytorch.core import ConvAlgo
 from torch import Tensor, nn
 
+from model import cancellation
+
 
 def _current_stream() -> int:
     """spconv's stream lookup, safe on a CPU-only torch (stream 0 = no stream)."""
@@ -130,6 +132,7 @@ class SubmanifoldConv2d(nn.Module):
         out = features @ weight[:, 4].t()
         offsets = [k for k in range(9) if k != 4]
         for k, (inputs, outputs) in zip(offsets, sites.rulebook(), strict=True):
+            cancellation.check()  # an offset of a level of millions of sites takes a second
             if len(inputs):
                 contribution = features[inputs.long()] @ weight[:, k].t()
                 out = out.index_add_(0, outputs.long(), contribution)
