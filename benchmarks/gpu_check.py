@@ -29,10 +29,9 @@ from PIL import Image
 from model import memory
 from model.cost import calibrate
 from model.data import make_scene
-from model.schemes import SchemeRequest
+from model.schemes import MIB, SchemeRequest
 from model.weights import DEFAULT_WEIGHTS, load_weights
 
-MIB = 2**20
 SETTINGS = [SchemeRequest("pc"), SchemeRequest("threshold", threshold=0.1), SchemeRequest("all")]
 
 

@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from model.schemes import MIB
+from server.memory_limit import RESERVE_BYTES
 from tests.container.conftest import (
     BIG_SIZE,
     Container,
@@ -18,10 +20,6 @@ from tests.container.conftest import (
 )
 
 UID = 10001
-MIB = 2**20
-# What the server may hold beyond what admission reserved for a request (the memory limit
-# module's RESERVE_BYTES): the promise the 40 MP request is held to.
-STATED_CONSTANT = 256 * MIB
 
 
 def test_runs_as_the_non_root_user_read_only(container: Container):
@@ -78,7 +76,7 @@ def test_the_largest_valid_request_is_answered_capped_and_the_server_lives(conta
         f"\n40 MP all: measured {peak / MIB:.0f} MiB, RSS rise {rise / MIB:.0f} MiB, "
         f"device budget {budget_bytes / MIB:.0f} MiB"
     )
-    assert rise <= budget_bytes + STATED_CONSTANT
+    assert rise <= budget_bytes + RESERVE_BYTES
     assert container.inspect("{{.State.OOMKilled}}") == "false"
     assert container.inspect("{{.RestartCount}}") == "0"
     assert container.segment(street_png(), "scheme=pc").status_code == 200
