@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model.weights import DEFAULT_WEIGHTS
+
 REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, sys, torch
@@ -37,9 +39,7 @@ print(json.dumps({"median_s": sorted(latencies)[len(latencies) // 2], "peak_mib"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.before_after", description=__doc__)
     parser.add_argument("--before", type=Path, required=True, help="a checkout of the old code")
-    parser.add_argument(
-        "--weights", type=Path, default=REPO / "weights/qgn_small_synthetic.safetensors"
-    )
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=6)

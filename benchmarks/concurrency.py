@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from model.data.synthetic import VAL_SEEDS
+from model.weights import DEFAULT_WEIGHTS
 from tests.reliability.test_concurrency import inferences, overlapping_pairs
 from tests.server.test_e2e import RunningServer
 
@@ -224,7 +225,7 @@ def markdown(rows: list[dict], predictions: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="weights/qgn_small_synthetic.safetensors")
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--per-client", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prediction-scenes", type=int, default=12)

@@ -12,7 +12,7 @@ out, in one run on one machine:
   (`load_image`), inference with its measurement (`QGN.predict`), the same inference with the
   memory counter replaced by one that counts nothing (their difference is what measuring
   costs) and by the per-op tracker the CPU falls back to without a compiler, the mask PNG
-  (`encode_mask_png`), and the JSON body (`_response`: leaves, base64 mask, orjson).
+  (`encode_mask_png`), and the JSON body (`json_or_png_response`: leaves, base64 mask, orjson).
 
 Medians over `--runs` after a warm-up. Not a test: it asserts nothing. Results in `--out`:
 `path-<machine>-<date>.json` and `.md`.
@@ -39,10 +39,10 @@ from model.cost import calibrate
 from model.data import make_scene
 from model.data.synthetic import VAL_SEEDS
 from model.schemes import make_scheme
-from model.weights import load_weights
+from model.weights import DEFAULT_WEIGHTS, load_weights
 from server.images import encode_mask_png, load_image
 from server.inference import SegmentResult
-from server.routes.segment import _response
+from server.routes.segment import json_or_png_response
 from tests.server.conftest import encode
 from tests.server.test_e2e import RunningServer
 
@@ -116,7 +116,7 @@ def stages(model, card, image: np.ndarray, bodies: dict[str, bytes], runs: int) 
     seconds, png = timed(lambda: encode_mask_png(mask, card["palette"]), runs)
     row["mask_png_ms"] = round(1000 * seconds, 2)
     result = SegmentResult(prediction=prediction, mask_png=png)
-    seconds, response = timed(lambda: _response(result, "json", card["classes"]), runs)
+    seconds, response = timed(lambda: json_or_png_response(result, "json", card["classes"]), runs)
     row["json_body_ms"] = round(1000 * seconds, 2)
     row["json_bytes"] = len(response.body)
     row["mask_png_bytes"] = len(png)
@@ -211,7 +211,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="weights/qgn_small_synthetic.safetensors")
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)

@@ -28,6 +28,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from model.weights import DEFAULT_WEIGHTS
+
 REPO = Path(__file__).resolve().parent.parent
 PEERS = (
     "deeplabv3_resnet50",
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__)
     parser.add_argument("--peers-python", default=str(REPO / ".venv-peers/bin/python"))
-    parser.add_argument("--weights", default="weights/qgn_small_synthetic.safetensors")
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument(
         "--sizes", nargs="+", type=parse_size, default=[(512, 1024), (1024, 2048), (2048, 4096)]
     )

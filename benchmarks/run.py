@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.weights import DEFAULT_WEIGHTS
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -285,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument(
         "--weights",
-        default=str(REPO / "weights" / "qgn_small_synthetic.safetensors"),
+        default=str(DEFAULT_WEIGHTS),
         help="a .safetensors file with its .json card, or `random` (untrained --model)",
     )
     parser.add_argument("--model", default="qgn_small", help="architecture for --weights random")

@@ -102,6 +102,12 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1:
         raise ApiError(400, "undecodable_image", f"the image has no pixels ({width}×{height})")
+    check_pixels(width, height, max_pixels)
+    return image
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """413 when an image of this size is over the pixel limit (judged before decoding)."""
     if width * height > max_pixels:
         raise ApiError(
             413,
@@ -109,7 +115,12 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             f"the image has {width}×{height} = {width * height} pixels; the limit is "
             f"{max_pixels} pixels",
         )
-    return image
+
+
+def check_upload_size(size: int, limit: int, what: str = "the image has") -> None:
+    """413 when an upload of `size` bytes is over the limit."""
+    if size > limit:
+        raise ApiError(413, "upload_too_large", f"{what} {size} bytes; the limit is {limit}")
 
 
 def orientation(image: Image.Image) -> int:
@@ -159,10 +170,8 @@ def decode_rgb(image: Image.Image, turn: int | None = None) -> np.ndarray:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(
-            413, "upload_too_large", f"the body has {declared} bytes; the limit is {limit}"
-        )
+    if declared and declared.isdigit():
+        check_upload_size(int(declared), limit, "the body has")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

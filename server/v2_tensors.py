@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from model.qgn import Prediction
 from server.errors import ApiError, validation_error
-from server.images import PendingImage, open_upload
+from server.images import PendingImage, check_pixels, check_upload_size, open_upload
 from server.v2_schemas import InferInput, InferRequest, RequestedOutput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -93,25 +93,14 @@ def image_of(parsed: ParsedRequest, max_upload_bytes: int, max_pixels: int) -> P
         if tensor.shape != [1]:
             raise bad_tensor(f"a BYTES image has shape [1] (one encoded image), not {tensor.shape}")
         data = _bytes_element(parsed)
-        if len(data) > max_upload_bytes:
-            raise ApiError(
-                413,
-                "upload_too_large",
-                f"the image has {len(data)} bytes; the limit is {max_upload_bytes}",
-            )
+        check_upload_size(len(data), max_upload_bytes)
         return open_upload(data, max_pixels)
     if len(tensor.shape) != 3 or tensor.shape[2] != 3:
         raise bad_tensor(f"a UINT8 image has shape [H, W, 3] (RGB pixels), not {tensor.shape}")
     height, width, _ = tensor.shape
     if height * width == 0:
         raise bad_tensor(f"the image has no pixels ({width}×{height})")
-    if height * width > max_pixels:
-        raise ApiError(
-            413,
-            "too_many_pixels",
-            f"the image has {width}×{height} = {width * height} pixels; the limit is "
-            f"{max_pixels} pixels",
-        )
+    check_pixels(width, height, max_pixels)
     if parsed.binary is not None:
         if len(parsed.binary) != height * width * 3:
             raise bad_tensor(

@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartParser
 from model.qgn import BLOCK_SIZES, LEVELS
 from server.deps import ReadyEngine, RequestedScheme
 from server.errors import ApiError
-from server.images import check_content_type, open_upload, read_body
+from server.images import check_content_type, check_upload_size, open_upload, read_body
 from server.inference import SegmentResult
 from server.schemas import ErrorResponse, SegmentResponse
 
@@ -86,10 +86,7 @@ async def image_bytes(request: Request, limit: int) -> bytes:
             data = await part.read() if isinstance(part, UploadFile) else part.encode()
         finally:
             await form.close()
-        if len(data) > limit:
-            raise ApiError(
-                413, "upload_too_large", f"the image has {len(data)} bytes; the limit is {limit}"
-            )
+        check_upload_size(len(data), limit)
         return data
     check_content_type(content_type)
     return await read_body(request, limit)
@@ -116,10 +113,10 @@ async def segment(
     request.app.state.recent.add(result.prediction)
     request.state.peak_memory_bytes = result.prediction.peak_bytes
     request.app.state.metrics.observe("v1", wanted.name, result.prediction)
-    return _response(result, format, engine.card["classes"])
+    return json_or_png_response(result, format, engine.card["classes"])
 
 
-def _response(result: SegmentResult, format: str, classes: list[str]):
+def json_or_png_response(result: SegmentResult, format: str, classes: list[str]):
     prediction, ran = result.prediction, result.prediction.scheme
     height, width = prediction.mask.shape
     latency_ms = round(prediction.latency_s * 1000, 3)
