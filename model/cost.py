@@ -43,7 +43,10 @@ MEMORY_GUARANTEE = {
     "from the pixels entering the model to the mask's quadtree; weights and anything "
     "allocated before the request are not counted. On the CPU the decoded upload (3 bytes a "
     "pixel) is read in place and not counted; on CUDA its copy on the device is counted and "
-    "host memory is not.",
+    "host memory is not. Not counted either, on the CPU: the hash table spconv builds a "
+    "level's rulebook with (its own allocations, about 35-45 bytes a site of that level, "
+    "freed once the rulebook is built); the server's reserve beside the device budget "
+    "(server.memory_limit) covers it.",
     "budget": "scheme=budget with budget_mb >= the image's min_budget_mb is always accepted and "
     "peak_memory_bytes never exceeds budget_mb MiB.",
     "cap": "With QGN_MEMORY_BUDGET_MB, no request of any scheme exceeds it; capped is true, "

@@ -87,7 +87,5 @@ def create_app(
     for router in (segment.router, model.router, health.router, v2.router, page.router):
         app.include_router(router)
     app.mount("/static", page.static_files(), name="static")
-    app.add_middleware(
-        RequestMetricsMiddleware, metrics=metrics, default_scheme=settings.default_scheme
-    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

@@ -54,10 +54,11 @@ def requested_scheme(
         float | None, Query(description="memory budget in MiB, with scheme=budget")
     ] = None,
 ) -> SchemeRequest:
-    """The scheme a `/v1` request asks for, validated (422 otherwise)."""
-    return as_scheme_request(
-        scheme or request.app.state.settings.default_scheme, threshold, budget_mb
-    )
+    """The scheme a `/v1` request asks for, validated (422 otherwise). Its name goes to
+    `request.state.scheme` as soon as it is known to be one, so that the metrics label every
+    answer after this point, errors included, with it (`server.middleware`)."""
+    request.state.scheme = scheme or request.app.state.settings.default_scheme
+    return as_scheme_request(request.state.scheme, threshold, budget_mb)
 
 
 LoadedEngine = Annotated[Engine, Depends(loaded_engine)]

@@ -33,7 +33,7 @@ from model.qgn import QGN, Prediction
 from model.schemes import MIB, Budget, Scheme, SchemeRequest, make_scheme
 from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
-from server.images import PendingImage, encode_mask_png
+from server.images import PendingImage
 from server.memory_limit import device_memory
 from server.metrics import Metrics
 from server.prediction import PeakPredictor
@@ -46,14 +46,6 @@ FAULT_INJECT_OOM = "QGN_FAULT_INJECT_OOM"
 # Thresholds run at warm-up: any threshold from the lowest up has a figure to start from.
 WARM_UP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 WARM_UP_SCENE_SEED = 0
-
-
-@dataclass
-class SegmentResult:
-    """The prediction (which records what ran) and its mask as a palette PNG."""
-
-    prediction: Prediction
-    mask_png: bytes
 
 
 def pick_device(requested: str) -> torch.device:
@@ -232,9 +224,10 @@ class Engine:
         return Job(work, predicted + pixels)
 
     # Running -----------------------------------------------------------------------------
-    async def segment(self, image: PendingImage, request: SchemeRequest) -> SegmentResult:
+    async def segment(self, image: PendingImage, request: SchemeRequest) -> Prediction:
         """Admits, waits for room on a worker, and waits at most the request timeout; a
-        request that outlives it is cancelled (504)."""
+        request that outlives it is cancelled (504). The prediction records what ran; the
+        route encodes it in the format its API answers in."""
         job = self.plan(image, request)
         self.admit()
         try:
@@ -270,7 +263,7 @@ class Engine:
             if id(work) not in self._running and not job.future.done():
                 job.future.set_exception(work.refusal)
 
-    def _settle(self, job: Job, result: SegmentResult | None, error: BaseException | None):
+    def _settle(self, job: Job, result: Prediction | None, error: BaseException | None):
         """Answers the job's client, unless a timeout or a drain answered it already."""
         with self._lock:
             if job.future.done():
@@ -357,12 +350,7 @@ class Engine:
         self._learn(job, prediction)
         if job.retry_of is not None:
             prediction = replace(prediction, scheme=replace(prediction.scheme, degraded=True))
-        try:
-            mask_png = encode_mask_png(prediction.mask.numpy(), self.card["palette"])
-        except BaseException as error:
-            self._settle(job, None, error)
-            return
-        self._settle(job, SegmentResult(prediction=prediction, mask_png=mask_png), None)
+        self._settle(job, prediction, None)
 
     def _queue_retry(self, job: Job, image: PendingImage, error: BaseException) -> None:
         """One retry under a budget of half what the device could not give (507 if that

@@ -2,9 +2,9 @@
 
 It wraps the whole application, so limit checks, parameter errors and crashes are all counted
 in `qgn_requests_total{api,scheme,code}`: `/v1/segment` as api="v1", the Open Inference
-Protocol's `/v2/models/.../infer` as api="v2". On `/v1` the scheme label is the requested
-scheme when it is a valid one (or the default when none was sent), else "none"; a V2 request
-names its scheme in its body, so its route reports it in `request.state.scheme` once read.
+Protocol's `/v2/models/.../infer` as api="v2". The scheme label is what the request's route
+put in `request.state.scheme` once it knew a valid one (`/v1`: the query's `scheme`, or the
+default; V2: its body's parameter), else "none": a request refused before that point.
 """
 
 from __future__ import annotations
@@ -13,20 +13,12 @@ import json
 import logging
 import re
 import time
-from urllib.parse import parse_qs
 
-from model.schemes import REQUESTABLE
 from server.metrics import Metrics
 
 access_log = logging.getLogger("qgn.access")
 SEGMENT_PATH = "/v1/segment"
 V2_INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer")
-
-
-def scheme_label(query_string: bytes, default: str) -> str:
-    values = parse_qs(query_string.decode("latin-1")).get("scheme")
-    scheme = values[-1] if values else default
-    return scheme if scheme in REQUESTABLE else "none"
 
 
 def api_of(path: str) -> str | None:
@@ -39,10 +31,9 @@ def api_of(path: str) -> str | None:
 
 
 class RequestMetricsMiddleware:
-    def __init__(self, app, metrics: Metrics, default_scheme: str):
+    def __init__(self, app, metrics: Metrics):
         self.app = app
         self.metrics = metrics
-        self.default_scheme = default_scheme
 
     async def __call__(self, scope, receive, send):
         api = api_of(scope["path"]) if scope["type"] == "http" else None
@@ -64,10 +55,7 @@ class RequestMetricsMiddleware:
             self.metrics.inflight.dec()
             seconds = time.perf_counter() - start
             state = scope.get("state") or {}
-            if api == "v1":
-                scheme = scheme_label(scope.get("query_string", b""), self.default_scheme)
-            else:
-                scheme = state.get("scheme", "none")
+            scheme = state.get("scheme", "none")
             self.metrics.requests.labels(api, scheme, str(status["code"])).inc()
             self.metrics.request_duration.labels(api, scheme).observe(seconds)
             access_log.info(

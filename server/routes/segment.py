@@ -17,11 +17,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
-from model.qgn import BLOCK_SIZES, LEVELS
+from model.qgn import BLOCK_SIZES, LEVELS, Prediction
 from server.deps import ReadyEngine, RequestedScheme
 from server.errors import ApiError
-from server.images import check_content_type, check_upload_size, open_upload, read_body
-from server.inference import SegmentResult
+from server.images import (
+    check_content_type,
+    check_upload_size,
+    encode_mask_png,
+    open_upload,
+    read_body,
+)
 from server.schemas import ErrorResponse, SegmentResponse
 
 router = APIRouter()
@@ -109,15 +114,19 @@ async def segment(
     data = await image_bytes(request, settings.max_upload_bytes)
     image = await run_in_threadpool(open_upload, data, settings.max_pixels)
     del data
-    result = await engine.segment(image, wanted)
-    request.app.state.recent.add(result.prediction)
-    request.state.peak_memory_bytes = result.prediction.peak_bytes
-    request.app.state.metrics.observe("v1", wanted.name, result.prediction)
-    return json_or_png_response(result, format, engine.card["classes"])
+    prediction = await engine.segment(image, wanted)
+    request.app.state.recent.add(prediction)
+    request.state.peak_memory_bytes = prediction.peak_bytes
+    request.app.state.metrics.observe("v1", wanted.name, prediction)
+    mask_png = await run_in_threadpool(
+        encode_mask_png, prediction.mask.numpy(), engine.card["palette"]
+    )
+    return json_or_png_response(prediction, mask_png, format, engine.card["classes"])
 
 
-def json_or_png_response(result: SegmentResult, format: str, classes: list[str]):
-    prediction, ran = result.prediction, result.prediction.scheme
+def json_or_png_response(prediction: Prediction, mask_png: bytes, format: str, classes: list[str]):
+    """The v1 answer: the palette PNG mask with the costs in headers, or the JSON body."""
+    ran = prediction.scheme
     height, width = prediction.mask.shape
     latency_ms = round(prediction.latency_s * 1000, 3)
     if format == "png":
@@ -128,7 +137,7 @@ def json_or_png_response(result: SegmentResult, format: str, classes: list[str])
         }
         if ran.budget_mb is not None:
             headers["X-QGN-Budget-Mb"] = str(ran.budget_mb)
-        return Response(result.mask_png, media_type="image/png", headers=headers)
+        return Response(mask_png, media_type="image/png", headers=headers)
     # The response is written straight to JSON bytes: the leaves go as one integer array, and
     # a body the server built itself is not validated again (with pydantic and
     # `jsonable_encoder` the 52,000 leaves of a 1024×2048 scene took ~0.7 s, orjson ~7 ms).
@@ -147,7 +156,7 @@ def json_or_png_response(result: SegmentResult, format: str, classes: list[str])
             "block_sizes": BLOCK_SIZES,
             "leaves": np.ascontiguousarray(prediction.leaves.numpy(), dtype=np.int64),
         },
-        "mask": {"encoding": "png", "data": base64.b64encode(result.mask_png).decode("ascii")},
+        "mask": {"encoding": "png", "data": base64.b64encode(mask_png).decode("ascii")},
         "stats": {
             "latency_ms": latency_ms,
             "peak_memory_bytes": prediction.peak_bytes,

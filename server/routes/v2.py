@@ -144,11 +144,11 @@ async def infer(
     image = await run_in_threadpool(
         image_of, parsed, settings.max_upload_bytes, settings.max_pixels
     )
-    result = await engine.segment(image, wanted)
-    request.state.peak_memory_bytes = result.prediction.peak_bytes
-    request.app.state.metrics.observe("v2", wanted.name, result.prediction)
+    prediction = await engine.segment(image, wanted)
+    request.state.peak_memory_bytes = prediction.peak_bytes
+    request.app.state.metrics.observe("v2", wanted.name, prediction)
     content, headers = await run_in_threadpool(
-        encode_response, parsed.request, result.prediction, engine.name, engine.version
+        encode_response, parsed.request, prediction, engine.name, engine.version
     )
     return Response(content, headers=headers)
 
