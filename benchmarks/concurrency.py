@@ -39,11 +39,11 @@ import numpy as np
 from PIL import Image
 
 from model.data.synthetic import VAL_SEEDS
+from model.schemes import MIB
 from model.weights import DEFAULT_WEIGHTS
 from tests.reliability.test_concurrency import inferences, overlapping_pairs
 from tests.server.test_e2e import RunningServer
 
-MIB = 2**20
 HEIGHT, WIDTH = 512, 1024
 CLIENTS = 4
 SCENES = 8

@@ -28,6 +28,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from model.schemes import MIB
 from model.weights import DEFAULT_WEIGHTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +40,6 @@ PEERS = (
 )
 NUM_CLASSES = 12
 QGN_SCHEMES = ("pc", "none", "all")
-MIB = 2**20
 
 
 def build_peer(name: str):

@@ -214,7 +214,7 @@ class Engine:
                 f"{width}×{height} image: {floor} MiB",
                 min_budget_mb=floor,
             )
-        predicted = self.predictor.predict(request, height, width, cap)
+        predicted = self.predictor.peak_bytes(request, height, width, cap)
         if predicted + pixels > self.device_memory_bytes:
             cap, predicted = (
                 device_mb if cap is None else min(cap, device_mb),

@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from model.schemes import REQUESTABLE
+from model.schemes import MIB, REQUESTABLE
 
 if TYPE_CHECKING:
     from model.qgn import Prediction
 
-MIB = 2**20
 # 1 MiB to 64 GiB in powers of two: peak memory per request spans that range across schemes,
 # image sizes and devices.
 PEAK_MEMORY_BUCKETS = tuple(float(MIB * 2**k) for k in range(17))

@@ -59,7 +59,9 @@ class PeakPredictor:
         sites = [math.prod(level_shape(height, width, level, LEVELS)) for level in range(LEVELS)]
         return math.ceil(ALL_MARGIN * self.cost.run_peak_bytes(height, width, sites))
 
-    def predict(self, request: SchemeRequest, height: int, width: int, cap_mb: float | None) -> int:
+    def peak_bytes(
+        self, request: SchemeRequest, height: int, width: int, cap_mb: float | None
+    ) -> int:
         """Predicted peak bytes of `request` on an image of this size, under the server's
         per-request cap `cap_mb` (a capped scheme's peak stays under the cap)."""
         bound = self.all_bytes(height, width)

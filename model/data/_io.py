@@ -11,6 +11,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 
+def check_split(dataset: str, split: str, splits) -> None:
+    """A ValueError naming the dataset's splits when `split` is not one of them."""
+    if split not in splits:
+        raise ValueError(f"{dataset} split must be one of {tuple(splits)}, got {split!r}")
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as uint8 HxWx3 (grey, palette and RGBA files are converted)."""
     with Image.open(path) as image:

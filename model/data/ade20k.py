@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from model.data._io import LabelledFiles, require_dir
+from model.data._io import LabelledFiles, check_split, require_dir
 
 IGNORE_INDEX = 255
 # Our split names and the benchmark's folder names.
@@ -70,8 +70,7 @@ class ADE20kSegmentation(LabelledFiles):
         split: str = "train",
         transform: Callable[[np.ndarray, np.ndarray], Any] | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"ADE20k split must be one of {tuple(SPLITS)}, got {split!r}")
+        check_split("ADE20k", split, SPLITS)
         root = Path(root)
         base = root if root.name == "ADEChallengeData2016" else root / "ADEChallengeData2016"
         folder = SPLITS[split]

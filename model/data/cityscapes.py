@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _LABELS
 
-from model.data._io import LabelledFiles, require_dir
+from model.data._io import LabelledFiles, check_split, require_dir
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
@@ -54,8 +54,7 @@ class CityscapesSegmentation(LabelledFiles):
         split: str = "train",
         transform: Callable[[np.ndarray, np.ndarray], Any] | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"Cityscapes split must be one of {SPLITS}, got {split!r}")
+        check_split("Cityscapes", split, SPLITS)
         root = Path(root)
         image_dir = root / "leftImg8bit" / split
         label_dir = root / "gtFine" / split

@@ -18,7 +18,6 @@ import pytest
 from tests.server.conftest import write_tiny_weights
 from tests.server.test_e2e import RunningServer
 
-MIB = 2**20
 # One torch thread per server: on a small shared box, OpenMP threads that spin while another
 # job holds the cores make each request ten times slower, and the suite would not fit its time.
 SERVER_ENV = {"OMP_NUM_THREADS": "1"}

@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from model.schemes import MIB
 from tests.reliability.conftest import healthy, metric, start_server
 from tests.server.conftest import encode, scene_image
 
 pytestmark = pytest.mark.reliability
 
-MIB = 2**20
 PNG = {"content-type": "image/png"}
 HEIGHT, WIDTH = 256, 512
 REQUESTS = 8

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from model.cost import calibrate
-from model.schemes import Capped, SchemeRequest
+from model.schemes import MIB, Capped, SchemeRequest
 from model.weights import load_weights
 from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
@@ -18,8 +18,6 @@ from server.images import PendingImage
 from server.prediction import MARGIN, PeakPredictor
 from server.settings import Settings
 from tests.server.conftest import scene_image, started
-
-MIB = 2**20
 
 
 def taken_in_background(queue: AdmissionQueue) -> tuple[threading.Thread, list]:
@@ -70,28 +68,28 @@ def test_predictions_bound_all_and_learn_pc(tiny_weights):
     for height, width in ((96, 160), (200, 300), (1, 700)):
         image = scene_image(height, width, seed=2)
         measured = model.predict(image, SchemeRequest("all").build()).peak_bytes
-        predicted = predictor.predict(SchemeRequest("all"), height, width, None)
+        predicted = predictor.peak_bytes(SchemeRequest("all"), height, width, None)
         assert measured <= predicted <= 2.5 * measured, (height, width)
     bound = predictor.all_bytes(96, 160)
     # Unseen: the bound that holds for any image; a budget reserves itself.
-    assert predictor.predict(SchemeRequest("pc"), 96, 160, None) == bound
-    assert predictor.predict(SchemeRequest("threshold", threshold=0.4), 96, 160, None) == bound
-    assert predictor.predict(SchemeRequest("budget", budget_mb=0.5), 96, 160, None) == MIB // 2
-    assert predictor.predict(SchemeRequest("all"), 96, 160, 0.25) == MIB // 4  # the cap holds
+    assert predictor.peak_bytes(SchemeRequest("pc"), 96, 160, None) == bound
+    assert predictor.peak_bytes(SchemeRequest("threshold", threshold=0.4), 96, 160, None) == bound
+    assert predictor.peak_bytes(SchemeRequest("budget", budget_mb=0.5), 96, 160, None) == MIB // 2
+    assert predictor.peak_bytes(SchemeRequest("all"), 96, 160, 0.25) == MIB // 4  # the cap holds
     huge = SchemeRequest("budget", budget_mb=1e308)  # finite, but not in bytes
-    assert predictor.predict(huge, 96, 160, 1e308) == bound
+    assert predictor.peak_bytes(huge, 96, 160, 1e308) == bound
     floor = model.cost.min_budget_bytes(96, 160)
     predictor.observe(SchemeRequest("pc"), 96, 160, floor // 2)
-    predicted = predictor.predict(SchemeRequest("pc"), 96, 160, None)
+    predicted = predictor.peak_bytes(SchemeRequest("pc"), 96, 160, None)
     assert predicted == pytest.approx(MARGIN * floor / 2, abs=2)
     predictor.observe(SchemeRequest("threshold", threshold=0.41), 96, 160, floor)
-    assert predictor.predict(
+    assert predictor.peak_bytes(
         SchemeRequest("threshold", threshold=0.39), 96, 160, None
     ) == pytest.approx(MARGIN * floor, abs=2)  # the same step of 0.05
-    assert predictor.predict(
+    assert predictor.peak_bytes(
         SchemeRequest("threshold", threshold=0.9), 96, 160, None
     ) == pytest.approx(MARGIN * floor, abs=2)  # unseen: the nearest lower threshold's figure
-    assert predictor.predict(SchemeRequest("threshold", threshold=0.1), 96, 160, None) == bound
+    assert predictor.peak_bytes(SchemeRequest("threshold", threshold=0.1), 96, 160, None) == bound
 
 
 def test_pc_is_predicted_from_runs_of_its_own_size_first(tiny_weights):
@@ -105,12 +103,12 @@ def test_pc_is_predicted_from_runs_of_its_own_size_first(tiny_weights):
     assert predictor.size_class(96, 160) == predictor.size_class(90, 150)
     floor = {size: model.cost.min_budget_bytes(*size) for size in (small, large)}
     predictor.observe(SchemeRequest("pc"), *small, 2 * floor[small])
-    unseen = predictor.predict(SchemeRequest("pc"), *large, None)
+    unseen = predictor.peak_bytes(SchemeRequest("pc"), *large, None)
     assert unseen == min(predictor.all_bytes(*large), math.ceil(MARGIN * 2 * floor[large]))
     predictor.observe(SchemeRequest("pc"), *large, floor[large])
-    own = predictor.predict(SchemeRequest("pc"), *large, None)
+    own = predictor.peak_bytes(SchemeRequest("pc"), *large, None)
     assert own == pytest.approx(MARGIN * floor[large], abs=2)
-    small_again = predictor.predict(SchemeRequest("pc"), *small, None)
+    small_again = predictor.peak_bytes(SchemeRequest("pc"), *small, None)
     assert small_again == pytest.approx(MARGIN * 2 * floor[small], abs=2)
 
 

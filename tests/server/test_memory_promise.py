@@ -13,11 +13,11 @@ import statistics
 import numpy as np
 import pytest
 
+from model.schemes import MIB
 from model.weights import DEFAULT_WEIGHTS
 from server.settings import Settings
 from tests.server.conftest import encode, scene_image, started
 
-MIB = 2**20
 # Thinner than a block both ways, one block, odd sizes, and a few ordinary ones.
 THIN = [(1, 1), (1, 2048), (7, 1500), (16, 2048), (17, 999), (2048, 1), (1500, 9), (33, 31)]
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.schemes import MIB
 from tests.server.test_e2e import RunningServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,7 +37,6 @@ FLAGS = [
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "qgn_small_synthetic.safetensors"
 EXAMPLES = files("server") / "static" / "examples"
 WAIT_MS = 180_000  # a request on 2 shared cores can take seconds; never a timing assertion
-MIB = 2**20
 FAILED_LOAD = "Failed to load resource: the server responded with a status of "
 
 
