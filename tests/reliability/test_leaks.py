@@ -19,10 +19,10 @@ import torch
 
 from model import allocation_window, memory
 from model.memory import CpuAllocationTracker
-from model.schemes import make_scheme
+from model.schemes import MIB, make_scheme
 from model.weights import load_weights
 from server.settings import Settings
-from tests.reliability.conftest import MIB, healthy, memory_bytes, start_server
+from tests.reliability.conftest import healthy, memory_bytes, start_server
 from tests.server.conftest import encode, scene_image, started
 
 pytestmark = pytest.mark.reliability

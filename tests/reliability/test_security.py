@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
+from model.schemes import MIB
 from model.weights import WeightsError, card_path, load_weights, sha256_of
 from server.settings import Settings
-from tests.reliability.conftest import MIB, healthy, memory_bytes
+from tests.reliability.conftest import healthy, memory_bytes
 from tests.server.conftest import encode, png_header_only, scene_image, started
 
 pytestmark = pytest.mark.reliability
