@@ -32,6 +32,11 @@ from model.regions import PIXEL_BAND_ROWS, recomputes
 
 # spconv's int32 pairs, plus one offset's pairs widened to int64 while it is applied.
 RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
+# On the CPU spconv builds a level's rulebook with a hash table of its own, outside torch's
+# allocators (the window never sees it): 20-44 bytes a site measured as RSS from 90 000 to
+# 4 000 000 sites. Calibrated CPU costs carry it on top of what they measure, so that a
+# budget leaves room for it in the process's memory too.
+SPCONV_HASH_BYTES_PER_SITE = 48
 COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
 FLOAT_BYTES = 4
 LIVE_TENSORS_PER_SITE = 5
@@ -44,9 +49,9 @@ MEMORY_GUARANTEE = {
     "allocated before the request are not counted. On the CPU the decoded upload (3 bytes a "
     "pixel) is read in place and not counted; on CUDA its copy on the device is counted and "
     "host memory is not. Not counted either, on the CPU: the hash table spconv builds a "
-    "level's rulebook with (its own allocations, about 35-45 bytes a site of that level, "
-    "freed once the rulebook is built); the server's reserve beside the device budget "
-    "(server.memory_limit) covers it.",
+    "level's rulebook with (its own allocations, 20-44 bytes a site of that level, freed once "
+    "the rulebook is built); the calibrated cost adds 48 bytes a site for it, so budgets "
+    "and admission leave room for it in the process.",
     "budget": "scheme=budget with budget_mb >= the image's min_budget_mb is always accepted and "
     "peak_memory_bytes never exceeds budget_mb MiB.",
     "cap": "With QGN_MEMORY_BUDGET_MB, no request of any scheme exceeds it; capped is true, "
@@ -433,6 +438,8 @@ def measure_cost(model, device: torch.device | str, sizes=((128, 256), (256, 512
             )
             measured += FLOAT_BYTES * model.config.decoder_widths[level - 1] * count / 4
             site_bytes[level] = max(site_bytes[level], math.ceil(measured / max(count, 1)))
+    if torch.device(device).type == "cpu":
+        site_bytes[1:] = [bytes_ + SPCONV_HASH_BYTES_PER_SITE for bytes_ in site_bytes[1:]]
     # The floors' phases are measured, not guessed, over FLOOR_SIZES (see there).
     measured = []
     for height, width in FLOOR_SIZES:
