@@ -304,11 +304,6 @@ FLOOR_SIZES = SLOPE_SIZES + COVER_SIZES
 FIT_MARGIN = 1.02
 
 
-def before_mask(prediction) -> int:
-    """The peak of every phase of an inference but the mask's (`mask_bytes` bounds it)."""
-    return max(peak for phase, peak in prediction.phase_peaks.items() if phase != "mask")
-
-
 def fit_floor(
     slope_peaks: list[tuple[int, int, int]],
     peaks: list[tuple[int, int, int]],

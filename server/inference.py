@@ -79,6 +79,7 @@ class Work:
     cancel: threading.Event = field(default_factory=threading.Event)
     refusal: ApiError | None = None
     started: bool = False  # it left the queue (to run, or answered while it waited)
+    running: bool = False  # a worker has it now
 
 
 class Engine:
@@ -94,7 +95,6 @@ class Engine:
         self.queue = AdmissionQueue(MIB)
         self._size_device_budget()
         self.draining = False
-        self._running: dict[int, Job] = {}  # id(work) -> the jobs on a worker now
         self._accepted: dict[int, Job] = {}  # id(job) -> every job not answered yet
         self._lock = threading.RLock()  # settling a future runs its callbacks, which take it
         self._admitted = 0
@@ -197,9 +197,11 @@ class Engine:
         in_device = f"has a device budget of {self.device_memory_bytes / MIB:g} MiB"
         if pixels:
             in_device += f", {pixels / MIB:.2f} MiB of it for the image's pixels"
-        for limit, what in ((cap, "caps every request at {:g} MiB"), (device_mb, in_device)):
-            if limit is not None and floor > limit:
-                what = what.format(limit)
+        limits = [(device_mb, in_device)]
+        if cap is not None:
+            limits.insert(0, (cap, f"caps every request at {cap:g} MiB"))
+        for limit, what in limits:
+            if floor > limit:
                 raise ApiError(
                     413,
                     "over_memory_budget",
@@ -260,7 +262,7 @@ class Engine:
         with self._lock:
             work.refusal = work.refusal or refusal
             work.cancel.set()
-            if id(work) not in self._running and not job.future.done():
+            if not work.running and not job.future.done():
                 job.future.set_exception(work.refusal)
 
     def _settle(self, job: Job, result: Prediction | None, error: BaseException | None):
@@ -292,7 +294,7 @@ class Engine:
                 self._run(job)
             finally:
                 with self._lock:
-                    self._running.pop(id(job.payload), None)
+                    job.payload.running = False
                 self.metrics.admitted_bytes.dec(job.reserved_bytes)
                 self.metrics.busy_workers.dec()
                 self.queue.done(job)
@@ -311,7 +313,7 @@ class Engine:
                     return False
             if work.cancel.is_set() or job.future.done():
                 return False
-            self._running[id(work)] = job
+            work.running = True
             return True
 
     def _run(self, job: Job) -> None:
@@ -321,12 +323,12 @@ class Engine:
         work: Work = job.payload
         if not self._start(job):
             return
-        started = time.time()
         try:
             pixels = work.image.pixels()
         except BaseException as error:
             self._settle(job, None, error)
             return
+        started = time.time()
         try:
             with cancellation.watching(work.cancel):
                 prediction = self._predict(pixels, work.scheme)

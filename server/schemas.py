@@ -85,6 +85,10 @@ class ModelInfo(BaseModel):
         "torch's allocators), dispatch tracker (CPU fallback, per op) or cuda allocator "
         "statistics (fallback, device-wide)"
     )
+    memory_guarantee: dict[str, str] = Field(
+        description="what the memory promise is: what peak_memory_bytes counts, and what "
+        "budgets, the server's cap and admission guarantee (model.cost.MEMORY_GUARANTEE)"
+    )
     evaluation: Any = None
 
 

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import Field
 
 from model.cost import MEMORY_GUARANTEE
 from model.qgn import BLOCK_SIZES, LEVELS
-from model.schemes import REQUESTABLE
+from model.schemes import MIB, REQUESTABLE
 from server.deps import LoadedEngine
 from server.schemas import DeviceMemoryInfo, ErrorResponse, Limits, ModelInfo
 
 router = APIRouter()
 
 
-class ServedModel(ModelInfo):
-    memory_guarantee: dict[str, str] = Field(
-        description="what the memory promise is: what peak_memory_bytes counts, and what "
-        "budgets, the server's cap and admission guarantee (model.cost.MEMORY_GUARANTEE)"
-    )
-
-
-@router.get("/v1/model", response_model=ServedModel, responses={503: {"model": ErrorResponse}})
-def model_info(engine: LoadedEngine) -> ServedModel:
+@router.get("/v1/model", response_model=ModelInfo, responses={503: {"model": ErrorResponse}})
+def model_info(engine: LoadedEngine) -> ModelInfo:
     settings, card = engine.settings, engine.card
-    return ServedModel(
+    return ModelInfo(
         name=engine.name,
         version=engine.version,
         weights_sha256=card["weights_sha256"],
@@ -38,7 +30,7 @@ def model_info(engine: LoadedEngine) -> ServedModel:
         default_scheme=settings.default_scheme,
         memory_budget_mb=settings.memory_budget_mb,
         device_memory=DeviceMemoryInfo(
-            mb=round(engine.device_memory.bytes / 2**20, 2), source=engine.device_memory.source
+            mb=round(engine.device_memory.bytes / MIB, 2), source=engine.device_memory.source
         ),
         memory_measurement=engine.measurement,
         memory_guarantee=MEMORY_GUARANTEE,

@@ -12,14 +12,8 @@ from PIL import Image
 
 from server.errors import ApiError
 from server.images import open_upload
+from server.memory_limit import resident_bytes
 from tests.server.conftest import encode, scene_image
-
-
-def resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.parametrize("turn", [1, 3, 6, 8])
