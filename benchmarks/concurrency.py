@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from model.data.synthetic import VAL_SEEDS
-from model.schemes import MIB
+from model.scheme_request import MIB
 from model.weights import DEFAULT_WEIGHTS
 from tests.reliability.test_concurrency import inferences, overlapping_pairs
 from tests.server.test_e2e import RunningServer

@@ -29,7 +29,8 @@ from PIL import Image
 from model import memory
 from model.cost import calibrate
 from model.data import make_scene
-from model.schemes import MIB, SchemeRequest
+from model.scheme_request import MIB, SchemeRequest
+from model.schemes import build_scheme
 from model.weights import DEFAULT_WEIGHTS, load_weights
 
 SETTINGS = [SchemeRequest("pc"), SchemeRequest("threshold", threshold=0.1), SchemeRequest("all")]
@@ -43,11 +44,11 @@ def model_rows(device: torch.device) -> list[dict]:
     scene, _ = make_scene(7, 1024, 2048)
     rows = []
     for request in SETTINGS:
-        model.predict(scene, request.build())  # warm: kernels, rulebooks, allocator pools
+        model.predict(scene, build_scheme(request))  # warm: kernels, rulebooks, allocator pools
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        run = model.predict(scene, request.build())
+        run = model.predict(scene, build_scheme(request))
         allocator_peak = torch.cuda.max_memory_allocated(device) - before
         rows.append(
             {

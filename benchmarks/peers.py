@@ -28,7 +28,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from model.weights import DEFAULT_WEIGHTS
 
 REPO = Path(__file__).resolve().parent.parent

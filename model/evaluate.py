@@ -25,7 +25,8 @@ import torch
 
 from model.qgn import QGN
 from model.quadtree import IGNORE, dense_to_levels
-from model.schemes import MIB, All, Budget, Oracle, PredictedComposite, Scheme, Threshold
+from model.scheme_request import MIB
+from model.schemes import All, Budget, Oracle, PredictedComposite, Scheme, Threshold
 
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 

@@ -17,107 +17,7 @@ import torch
 from torch import Tensor
 
 from model.quadtree import COMPOSITE
-
-MIB = 2**20
-
-
-def mib_to_bytes(mib: float) -> int:
-    """MiB as whole bytes, a huge figure (1e308 MiB: "no limit") clamped to a finite one."""
-    return math.ceil(min(mib * MIB, 2.0**62))
-
-
-# What a client may ask for, with the one parameter each takes. `oracle` needs the ground
-# truth, so it is offered to evaluation and training only.
-REQUESTABLE: dict[str, dict] = {
-    "all": {"description": "every site is refined (QGN-All): most memory, best accuracy"},
-    "pc": {"description": "only predicted composites are refined (QGN-PC): least memory"},
-    "threshold": {
-        "description": "sites with p(composite) >= threshold are refined",
-        "parameters": {
-            "threshold": {"type": "number", "minimum": 0, "maximum": 1, "required": True}
-        },
-    },
-    "budget": {
-        "description": "the most uncertain sites that fit a memory budget are refined",
-        "parameters": {
-            "budget_mb": {"type": "number", "exclusiveMinimum": 0, "unit": "MiB", "required": True}
-        },
-    },
-}
-SCHEME_NAMES = (*REQUESTABLE, "oracle")
-
-
-class SchemeError(ValueError):
-    """A scheme request that cannot run; `code` names the kind (the API's error code)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class SchemeRequest:
-    """A scheme by name with its one parameter, validated once, when it is made.
-
-    The CLI, the HTTP route and evaluation all build their schemes from one of these.
-    """
-
-    name: str
-    threshold: float | None = None
-    budget_mb: float | None = None
-
-    def __post_init__(self):
-        if self.name not in SCHEME_NAMES:
-            raise SchemeError(
-                "unknown_scheme",
-                f"unknown scheme {self.name!r}; valid schemes: {', '.join(SCHEME_NAMES)}",
-            )
-        for field_name, value in (("threshold", self.threshold), ("budget_mb", self.budget_mb)):
-            if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
-                raise SchemeError(
-                    "invalid_parameter", f"{field_name} must be a finite number, got {value}"
-                )
-        if self.name == "threshold":
-            if self.threshold is None:
-                raise SchemeError("missing_parameter", "scheme=threshold needs threshold in [0, 1]")
-            if not 0.0 <= self.threshold <= 1.0:
-                raise SchemeError(
-                    "invalid_parameter", f"threshold must lie in [0, 1], got {self.threshold}"
-                )
-        elif self.threshold is not None:
-            raise SchemeError(
-                "invalid_parameter",
-                f"threshold is used only with scheme=threshold, not {self.name}",
-            )
-        if self.name == "budget":
-            if self.budget_mb is None:
-                raise SchemeError("missing_parameter", "scheme=budget needs budget_mb (MiB, > 0)")
-            if self.budget_mb <= 0:
-                raise SchemeError(
-                    "invalid_parameter", f"budget_mb must be > 0, got {self.budget_mb}"
-                )
-        elif self.budget_mb is not None:
-            raise SchemeError(
-                "invalid_parameter", f"budget_mb is used only with scheme=budget, not {self.name}"
-            )
-
-    def build(self, cap_mb: float | None = None, targets: list[Tensor] | None = None) -> Scheme:
-        """The scheme to run; `cap_mb` is the server's cap on any one request (a budget above
-        it is cut to it, another scheme runs `Capped`)."""
-        if self.name == "budget":
-            if cap_mb is not None and cap_mb < self.budget_mb:
-                return Budget.in_mib(cap_mb, capped=True)
-            return Budget.in_mib(self.budget_mb)
-        if self.name == "oracle":
-            if targets is None:
-                raise SchemeError("missing_parameter", "scheme 'oracle' needs ground-truth targets")
-            scheme: Scheme = Oracle(targets)
-        elif self.name == "threshold":
-            scheme = Threshold(self.threshold)
-        else:
-            scheme = All() if self.name == "all" else PredictedComposite()
-        return scheme if cap_mb is None else Capped(scheme, cap_mb)
+from model.scheme_request import MIB, SchemeError, SchemeRequest, mib_to_bytes
 
 
 @dataclass(frozen=True)
@@ -353,11 +253,31 @@ class Capped(Scheme):
         return replace(inner, budget_mb=self.cap.budget_mb, capped=True) if self.bound else inner
 
 
+def build_scheme(
+    request: SchemeRequest, cap_mb: float | None = None, targets: list[Tensor] | None = None
+) -> Scheme:
+    """The scheme to run; `cap_mb` is the server's cap on any one request (a budget above
+    it is cut to it, another scheme runs `Capped`)."""
+    if request.name == "budget":
+        if cap_mb is not None and cap_mb < request.budget_mb:
+            return Budget.in_mib(cap_mb, capped=True)
+        return Budget.in_mib(request.budget_mb)
+    if request.name == "oracle":
+        if targets is None:
+            raise SchemeError("missing_parameter", "scheme 'oracle' needs ground-truth targets")
+        scheme: Scheme = Oracle(targets)
+    elif request.name == "threshold":
+        scheme = Threshold(request.threshold)
+    else:
+        scheme = All() if request.name == "all" else PredictedComposite()
+    return scheme if cap_mb is None else Capped(scheme, cap_mb)
+
+
 def make_scheme(
     name: str,
     threshold: float | None = None,
     budget_mb: float | None = None,
     targets: list[Tensor] | None = None,
 ) -> Scheme:
-    """A scheme by name (a shorthand for `SchemeRequest(...).build()`)."""
-    return SchemeRequest(name, threshold, budget_mb).build(targets=targets)
+    """A scheme by name (a shorthand for `build_scheme(SchemeRequest(...))`)."""
+    return build_scheme(SchemeRequest(name, threshold, budget_mb), targets=targets)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from model import cli as model_cli
-from model.schemes import REQUESTABLE, SchemeError, SchemeRequest
+from model.scheme_request import REQUESTABLE, SchemeError, SchemeRequest
+from model.schemes import build_scheme
 from model.weights import DEFAULT_WEIGHTS, WeightsError
 from server.errors import ApiError
 
@@ -24,11 +25,11 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from server.settings import Settings, SettingsError
+    from server.settings import SettingsError, get_settings
     from server.stopping import DrainingServer
 
     try:
-        settings = Settings.from_env()
+        settings = get_settings()
     except SettingsError as error:
         print(f"qgn serve: {error}", file=sys.stderr)
         return 2
@@ -68,7 +69,7 @@ def _segment(args: argparse.Namespace) -> int:
     wanted = SchemeRequest(args.scheme, args.threshold, args.budget_mb)
     model, card = load_weights(args.weights)
     image = load_image(Path(args.image).read_bytes(), max_pixels=10**9)
-    pred = model.predict(image, wanted.build())
+    pred = model.predict(image, build_scheme(wanted))
     Path(args.out).write_bytes(encode_mask_png(pred.mask.numpy().astype(np.uint8), card["palette"]))
     stats = {
         **pred.scheme.as_dict(),

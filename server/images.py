@@ -71,7 +71,6 @@ def check_content_type(content_type: str | None) -> str:
     if media not in CONTENT_TYPES:
         shown = media or "none"
         raise ApiError(
-            415,
             "unsupported_media_type",
             f"content type {shown!r} is not accepted; send multipart/form-data with an 'image' "
             f"field, or the image bytes with one of: {', '.join(CONTENT_TYPES)}",
@@ -82,26 +81,25 @@ def check_content_type(content_type: str | None) -> str:
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Opens the header only and checks format and pixel count (400, 413, 415)."""
     if not data:
-        raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
+        raise ApiError("empty_image", "the image is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ApiError(
-            400, "undecodable_image", "the bytes are not an image in a format we can read"
+            "undecodable_image", "the bytes are not an image in a format we can read"
         ) from None
     except Exception as error:  # Pillow raises many types on broken headers
-        raise ApiError(400, "undecodable_image", f"the image header is broken: {error}") from None
+        raise ApiError("undecodable_image", f"the image header is broken: {error}") from None
     if image.format not in FORMATS:
         raise ApiError(
-            415,
             "unsupported_image_format",
             f"image format {image.format} is not supported; use PNG, JPEG, WebP, BMP or GIF",
         )
     width, height = image.size
     if width < 1 or height < 1:
-        raise ApiError(400, "undecodable_image", f"the image has no pixels ({width}×{height})")
+        raise ApiError("undecodable_image", f"the image has no pixels ({width}×{height})")
     check_pixels(width, height, max_pixels)
     return image
 
@@ -110,7 +108,6 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
     """413 when an image of this size is over the pixel limit (judged before decoding)."""
     if width * height > max_pixels:
         raise ApiError(
-            413,
             "too_many_pixels",
             f"the image has {width}×{height} = {width * height} pixels; the limit is "
             f"{max_pixels} pixels",
@@ -120,7 +117,7 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
 def check_upload_size(size: int, limit: int, what: str = "the image has") -> None:
     """413 when an upload of `size` bytes is over the limit."""
     if size > limit:
-        raise ApiError(413, "upload_too_large", f"{what} {size} bytes; the limit is {limit}")
+        raise ApiError("upload_too_large", f"{what} {size} bytes; the limit is {limit}")
 
 
 def orientation(image: Image.Image) -> int:
@@ -162,7 +159,7 @@ def decode_rgb(image: Image.Image, turn: int | None = None) -> np.ndarray:
     except ApiError:
         raise
     except Exception as error:
-        raise ApiError(400, "undecodable_image", f"the image data is broken: {error}") from None
+        raise ApiError("undecodable_image", f"the image data is broken: {error}") from None
     finally:
         image.close()
 
@@ -176,7 +173,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "upload_too_large", f"the body passed the limit of {limit} bytes")
+            raise ApiError("upload_too_large", f"the body passed the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

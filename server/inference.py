@@ -30,7 +30,8 @@ import torch
 from model import allocation_window, cancellation, memory
 from model.data import make_scene
 from model.qgn import QGN, Prediction
-from model.schemes import MIB, Budget, Scheme, SchemeRequest, make_scheme
+from model.scheme_request import MIB, SchemeRequest
+from model.schemes import Budget, Scheme, build_scheme, make_scheme
 from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
 from server.images import PendingImage
@@ -63,7 +64,6 @@ def pick_device(requested: str) -> torch.device:
 
 # Bytes a pixel of a decoded upload holds on the host while its request runs (RGB uint8).
 PIXEL_BYTES = 3
-SHUTTING_DOWN = "shutting_down"
 
 
 @dataclass
@@ -161,7 +161,6 @@ class Engine:
         with self._lock:
             if self._admitted >= self.settings.queue_size:
                 raise ApiError(
-                    503,
                     "queue_full",
                     f"{self._admitted} requests are queued or running (the limit is "
                     f"{self.settings.queue_size}); retry later",
@@ -203,14 +202,12 @@ class Engine:
         for limit, what in limits:
             if floor > limit:
                 raise ApiError(
-                    413,
                     "over_memory_budget",
                     f"a {width}×{height} image needs at least {floor} MiB; this server {what}",
                     min_budget_mb=floor,
                 )
         if request.name == "budget" and request.budget_mb < floor:
             raise ApiError(
-                422,
                 "budget_too_small",
                 f"budget_mb={request.budget_mb} is below the smallest feasible budget for a "
                 f"{width}×{height} image: {floor} MiB",
@@ -222,7 +219,7 @@ class Engine:
                 device_mb if cap is None else min(cap, device_mb),
                 self.device_memory_bytes - pixels,
             )
-        work = Work(image, request, request.build(cap_mb=cap), predicted)
+        work = Work(image, request, build_scheme(request, cap_mb=cap), predicted)
         return Job(work, predicted + pixels)
 
     # Running -----------------------------------------------------------------------------
@@ -247,7 +244,6 @@ class Engine:
             )
         except TimeoutError:
             timeout = ApiError(
-                504,
                 "timeout",
                 f"the request took longer than QGN_REQUEST_TIMEOUT_S="
                 f"{self.settings.request_timeout_s} s",
@@ -377,7 +373,6 @@ class Engine:
     @staticmethod
     def _out_of_memory(scheme: Scheme) -> ApiError:
         return ApiError(
-            507,
             "out_of_memory",
             f"the device ran out of memory, also when retried under "
             f"{scheme.budget_mb:.1f} MiB; send a smaller image or a smaller budget",
@@ -445,7 +440,7 @@ class Engine:
         for request in [SchemeRequest("pc")] + [
             SchemeRequest("threshold", threshold=t) for t in WARM_UP_THRESHOLDS
         ]:
-            run = self.model.predict(scene, request.build())
+            run = self.model.predict(scene, build_scheme(request))
             self.predictor.observe(request, 256, 512, run.peak_bytes)
         if self.device.type == "cpu" and self.settings.device_memory_mb is None:
             self._size_device_budget()
@@ -455,8 +450,7 @@ class Engine:
     @staticmethod
     def shutting_down(detail: str = "") -> ApiError:
         return ApiError(
-            503,
-            SHUTTING_DOWN,
+            "shutting_down",
             f"the server is shutting down{detail}; retry on another replica or later",
             headers={"Retry-After": "5"},
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from model.schemes import MIB, mib_to_bytes
+from model.scheme_request import MIB, mib_to_bytes
 
 # Kept out of the device budget on the CPU: what a process holds that no request's budget
 # counts (allocator slack after large requests, the interpreter's own growth), and the

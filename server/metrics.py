@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from model.schemes import MIB, REQUESTABLE
+from model.scheme_request import MIB, REQUESTABLE
 
 if TYPE_CHECKING:
     from model.qgn import Prediction

@@ -27,7 +27,7 @@ from collections import deque
 from model.cost import MemoryCost, padded_pixels
 from model.qgn import LEVELS, QGN
 from model.quadtree import level_shape
-from model.schemes import SchemeRequest, mib_to_bytes
+from model.scheme_request import SchemeRequest, mib_to_bytes
 
 MARGIN = 1.25
 ALL_MARGIN = 1.05

@@ -6,6 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from model.scheme_request import REQUESTABLE
+
+# The schemes a request may name (torch-free: V2's schemas import it).
+SchemeName = Literal[tuple(REQUESTABLE)]
+
 
 class ErrorDetail(BaseModel):
     code: str

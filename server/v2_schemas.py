@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.deps import SchemeName
+from server.schemas import SchemeName
 
 Dim = Annotated[int, Field(ge=0)]
 

@@ -44,7 +44,7 @@ class ParsedRequest:
 
 
 def bad_tensor(message: str) -> ApiError:
-    return ApiError(400, "bad_tensor", message)
+    return ApiError("bad_tensor", message)
 
 
 def parse_request(body: bytes, header_length: int | None) -> ParsedRequest:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from model.cost import MEMORY_GUARANTEE
 from model.qgn import BLOCK_SIZES, LEVELS
-from model.schemes import MIB, REQUESTABLE
+from model.scheme_request import MIB, REQUESTABLE
 from server.deps import LoadedEngine
 from server.schemas import DeviceMemoryInfo, ErrorResponse, Limits, ModelInfo
 

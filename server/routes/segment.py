@@ -18,8 +18,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
 from model.qgn import BLOCK_SIZES, LEVELS, Prediction
-from server.deps import ReadyEngine, RequestedScheme
-from server.errors import ApiError
+from server.deps import AppSettings, ReadyEngine, RequestedScheme
+from server.errors import ApiError, documented
 from server.images import (
     check_content_type,
     check_upload_size,
@@ -49,18 +49,7 @@ IMAGE_BODY = {
     },
 }
 
-ERRORS = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "empty or undecodable image",
-        413: "body over the upload limit, image over the pixel limit or the memory cap",
-        415: "unsupported content type or image format",
-        422: "bad parameters, or a budget below the minimum for this image",
-        503: "queue full or model not ready (see Retry-After)",
-        504: "the request outlived QGN_REQUEST_TIMEOUT_S",
-        507: "the device ran out of memory, also under a tighter budget",
-    }.items()
-}
+ERRORS = documented("v1", ErrorResponse, (400, 413, 415, 422, 503, 504, 507))
 
 
 async def image_bytes(request: Request, limit: int) -> bytes:
@@ -79,14 +68,14 @@ async def image_bytes(request: Request, limit: int) -> bytes:
             form = await parser.parse()
         except Exception as error:
             raise ApiError(
-                400, "bad_multipart", f"the multipart body cannot be parsed: {error}"
+                "bad_multipart", f"the multipart body cannot be parsed: {error}"
             ) from None
         try:
             parts = form.getlist("image")
             if not parts:
-                raise ApiError(422, "missing_image", "the multipart body has no 'image' field")
+                raise ApiError("missing_image", "the multipart body has no 'image' field")
             if len(parts) > 1:
-                raise ApiError(422, "several_images", f"send one 'image' field, not {len(parts)}")
+                raise ApiError("several_images", f"send one 'image' field, not {len(parts)}")
             part = parts[0]
             data = await part.read() if isinstance(part, UploadFile) else part.encode()
         finally:
@@ -106,11 +95,11 @@ async def image_bytes(request: Request, limit: int) -> bytes:
 )
 async def segment(
     request: Request,
+    settings: AppSettings,
     wanted: RequestedScheme,
     engine: ReadyEngine,
     format: Literal["json", "png"] = Query("json", description="json body or the palette PNG"),
 ):
-    settings = request.app.state.settings
     data = await image_bytes(request, settings.max_upload_bytes)
     image = await run_in_threadpool(open_upload, data, settings.max_pixels)
     del data

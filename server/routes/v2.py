@@ -15,8 +15,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from server.deps import LoadedEngine, ReadyEngine, as_scheme_request
-from server.errors import ApiError
+from server.deps import AppSettings, LoadedEngine, ReadyEngine, as_scheme_request
+from server.errors import ApiError, documented
 from server.images import read_body
 from server.inference import Engine
 from server.v2_schemas import (
@@ -39,24 +39,17 @@ EMPTY_200 = {200: {"description": "yes (empty body)", "content": {}}}
 
 
 def errors(*statuses: int) -> dict:
-    texts = {
-        400: "bad tensor, image or parameter",
-        404: "unknown model or version",
-        413: "body over the upload limit, image over the pixel limit or the memory cap",
-        503: "queue full or model loading (see Retry-After)",
-        504: "the request outlived QGN_REQUEST_TIMEOUT_S",
-        507: "the device ran out of memory, also under a tighter budget",
-    }
-    documented = {status: {"model": V2Error, "description": texts[status]} for status in statuses}
     # "default" also keeps FastAPI from documenting its 422, which V2 answers as 400.
-    return documented | {"default": {"model": V2Error, "description": "any other error"}}
+    return documented("v2", V2Error, statuses) | {
+        "default": {"model": V2Error, "description": "any other error"}
+    }
 
 
 def model_engine(name: str, engine: LoadedEngine) -> Engine:
     """The engine, if it serves the model `name` (404 otherwise)."""
     if name != engine.name:
         raise ApiError(
-            404, "unknown_model", f"unknown model {name!r}; this server serves {engine.name!r}"
+            "unknown_model", f"unknown model {name!r}; this server serves {engine.name!r}"
         )
     return engine
 
@@ -67,7 +60,6 @@ ModelEngine = Annotated[Engine, Depends(model_engine)]
 def known_version(version: str, engine: ModelEngine) -> None:
     if version != engine.version:
         raise ApiError(
-            404,
             "unknown_version",
             f"model {engine.name!r} has no version {version!r}; it has {engine.version!r}",
         )
@@ -121,6 +113,7 @@ def model_ready(_model: ModelEngine, _ready: ReadyEngine) -> Response:
 
 async def infer(
     request: Request,
+    settings: AppSettings,
     _model: ModelEngine,
     engine: ReadyEngine,
     header_length: Annotated[
@@ -132,9 +125,8 @@ async def infer(
         ),
     ] = None,
 ) -> Response:
-    settings = request.app.state.settings
     if request.headers.get("content-encoding", "identity").lower() != "identity":
-        raise ApiError(400, "compressed_body", "send the body uncompressed (no Content-Encoding)")
+        raise ApiError("compressed_body", "send the body uncompressed (no Content-Encoding)")
     body = await read_body(request, settings.max_upload_bytes + JSON_ROOM)
     parsed = await run_in_threadpool(parse_request, body, header_length)
     del body

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from server.memory_limit import RESERVE_BYTES
 from tests.container.conftest import (
     BIG_SIZE,

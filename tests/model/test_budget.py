@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from model.cost import calibrate
 from model.qgn import qgn_tiny
-from model.schemes import All, Budget, LevelView, Nothing, SchemeRequest
+from model.scheme_request import SchemeRequest
+from model.schemes import All, Budget, LevelView, Nothing, build_scheme
 from tests.model.test_qgn import randomised
 
 MODEL = randomised(qgn_tiny(num_classes=4), seed=3)
@@ -67,7 +68,7 @@ def test_the_measured_peak_never_passes_the_budget_on_random_images(height, widt
 
 
 def test_a_budget_beyond_any_memory_runs_as_all():
-    budget = SchemeRequest("budget", budget_mb=1e308).build()
+    budget = build_scheme(SchemeRequest("budget", budget_mb=1e308))
     assert budget.ran().budget_mb == 1e308
     image = torch.zeros(40, 70, 3, dtype=torch.uint8)
     assert MODEL.predict(image, budget).active_sites == MODEL.predict(image, All()).active_sites

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from model.cost import calibrate
 from model.qgn import LEVELS, qgn_tiny
 from model.quadtree import level_shape
-from model.schemes import MIB, SchemeRequest, mib_to_bytes
+from model.scheme_request import MIB, SchemeRequest, mib_to_bytes
+from model.schemes import build_scheme
 from tests.model.test_qgn import randomised
 
 MODEL = randomised(qgn_tiny(num_classes=4), seed=5)
@@ -62,7 +63,7 @@ def test_a_budget_from_the_minimum_up_is_never_exceeded(shape, factor, seed):
 
 
 def _budget(budget_mb: float):
-    return SchemeRequest("budget", budget_mb=budget_mb).build()
+    return build_scheme(SchemeRequest("budget", budget_mb=budget_mb))
 
 
 @settings(max_examples=25, deadline=None)
@@ -79,9 +80,9 @@ def test_no_scheme_exceeds_the_servers_cap(shape, factor, name, seed):
     cap_mb = round(min_budget_mb(height, width) * factor, 2)
     request = SchemeRequest(name, threshold=0.3 if name == "threshold" else None)
     pixels = image(height, width, seed, seed % 2 == 0)
-    run = MODEL.predict(pixels, request.build(cap_mb=cap_mb))
+    run = MODEL.predict(pixels, build_scheme(request, cap_mb=cap_mb))
     assert run.peak_bytes <= mib_to_bytes(cap_mb), (shape, cap_mb, run.phase_peaks)
-    free = MODEL.predict(pixels, request.build())
+    free = MODEL.predict(pixels, build_scheme(request))
     shaped = run.active_sites != free.active_sites or (
         MODEL.cost.held_floor_bytes(height, width) > mib_to_bytes(cap_mb)
     )
@@ -93,7 +94,7 @@ def test_no_scheme_exceeds_the_servers_cap(shape, factor, name, seed):
 @given(shape=SHAPES, seed=st.integers(0, 99))
 def test_all_stays_under_the_bound_admission_reserves(shape, seed):
     height, width = shape
-    run = MODEL.predict(image(height, width, seed, noise=True), SchemeRequest("all").build())
+    run = MODEL.predict(image(height, width, seed, noise=True), build_scheme(SchemeRequest("all")))
     assert run.peak_bytes <= all_bound_bytes(height, width), (shape, run.phase_peaks)
 
 

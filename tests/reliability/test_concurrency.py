@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from tests.reliability.conftest import healthy, metric, start_server
 from tests.server.conftest import encode, scene_image
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from tests.reliability.conftest import healthy, memory_bytes
 from tests.reliability.corpus import Upload, hostile_uploads
 from tests.server.test_segment import assert_leaves_paint_mask, error_of

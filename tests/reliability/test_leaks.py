@@ -19,7 +19,8 @@ import torch
 
 from model import allocation_window, memory
 from model.memory import CpuAllocationTracker
-from model.schemes import MIB, make_scheme
+from model.scheme_request import MIB
+from model.schemes import make_scheme
 from model.weights import load_weights
 from server.settings import Settings
 from tests.reliability.conftest import healthy, memory_bytes, start_server

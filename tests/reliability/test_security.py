@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from model.weights import WeightsError, card_path, load_weights, sha256_of
 from server.settings import Settings
 from tests.reliability.conftest import healthy, memory_bytes

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from model.cost import calibrate
-from model.schemes import MIB, Capped, SchemeRequest
+from model.scheme_request import MIB, SchemeRequest
+from model.schemes import Capped, build_scheme
 from model.weights import load_weights
 from server.admission import AdmissionQueue, Job
 from server.errors import ApiError
@@ -67,7 +68,7 @@ def test_predictions_bound_all_and_learn_pc(tiny_weights):
     predictor = PeakPredictor(model)
     for height, width in ((96, 160), (200, 300), (1, 700)):
         image = scene_image(height, width, seed=2)
-        measured = model.predict(image, SchemeRequest("all").build()).peak_bytes
+        measured = model.predict(image, build_scheme(SchemeRequest("all"))).peak_bytes
         predicted = predictor.peak_bytes(SchemeRequest("all"), height, width, None)
         assert measured <= predicted <= 2.5 * measured, (height, width)
     bound = predictor.all_bytes(96, 160)

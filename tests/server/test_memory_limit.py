@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from server.memory_limit import (
     RESERVE_BYTES,
     CgroupLimit,

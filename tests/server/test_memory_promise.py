@@ -13,7 +13,7 @@ import statistics
 import numpy as np
 import pytest
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from model.weights import DEFAULT_WEIGHTS
 from server.settings import Settings
 from tests.server.conftest import encode, scene_image, started

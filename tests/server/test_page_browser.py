@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.schemes import MIB
+from model.scheme_request import MIB
 from tests.server.test_e2e import RunningServer
 
 CHROMIUM = Path("/usr/bin/chromium")
