@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from model import cancellation
+from model import arrival, cancellation
 from model.encoder import IMAGE_MEAN, IMAGE_STD, BasicBlock, normalise
 
 
@@ -315,6 +315,7 @@ def stream_encoder(
         rows = None
         if not ended:
             height = min(PIXEL_BAND_ROWS, grids[0][0] - top)
+            arrival.wait_for_rows(min(top + height, pixels.shape[1]))
             rows = pixel_patches(pixels, Windows.band(top, height, grids[0]))
         for index, stream in enumerate(streams):
             rows = stream.push(rows, ended)

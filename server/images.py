@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import Request
 from PIL import Image, UnidentifiedImageError
 
+from server import png_bands
 from server.errors import ApiError
 
 # Declared content types we take, and the decoded formats they may hold.
@@ -52,15 +55,73 @@ class PendingImage:
     height: int
     width: int
     make_pixels: Callable[[], np.ndarray]
+    # Top-to-bottom (top row, rows) bands, for an image that can be decoded that way.
+    make_bands: Callable[[], Iterator[tuple[int, np.ndarray]]] | None = None
 
     def pixels(self) -> np.ndarray:
         """The (height, width, 3) uint8 pixels (400 if the pixel data is broken)."""
         return self.make_pixels()
 
+    def arriving(self, in_bands: bool = True) -> ArrivingPixels:
+        """The pixels, decoded band by band on a thread when `in_bands` and the format allow
+        (else whole, here: 400 if broken), to start an inference on before they are all in."""
+        return ArrivingPixels(self, in_bands)
+
     @classmethod
     def of(cls, pixels: np.ndarray) -> PendingImage:
         """Pixels that are already decoded (a V2 UINT8 tensor)."""
         return cls(pixels.shape[0], pixels.shape[1], lambda: pixels)
+
+
+class ArrivingPixels:
+    """An image's pixels (`array`) while a thread decodes them: `wait_rows(n)` returns once
+    the first n rows are written, or raises the 400 of broken data."""
+
+    def __init__(self, image: PendingImage, in_bands: bool = True):
+        self.height = image.height
+        self.ready_rows = 0
+        self.waited_s = 0.0  # time an inference spent waiting for rows: not the inference's
+        self.error: ApiError | None = None
+        self._changed = threading.Condition()
+        self._thread = None
+        if image.make_bands is None or not in_bands:
+            self.array = image.pixels()
+            self.ready_rows = image.height
+            return
+        self.array = np.empty((image.height, image.width, 3), dtype=np.uint8)
+        self._thread = threading.Thread(
+            target=self._fill, args=(image.make_bands,), name="qgn-decode", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self, make_bands: Callable[[], Iterator[tuple[int, np.ndarray]]]) -> None:
+        try:
+            for top, band in make_bands():
+                self.array[top : top + len(band)] = band
+                with self._changed:
+                    self.ready_rows = top + len(band)
+                    self._changed.notify_all()
+        except Exception as error:
+            self.error = ApiError("undecodable_image", f"the image data is broken: {error}")
+        finally:
+            with self._changed:
+                if self.ready_rows < self.height and self.error is None:
+                    self.error = ApiError("undecodable_image", "the image data ends early")
+                self._changed.notify_all()
+
+    def wait_rows(self, rows: int) -> None:
+        if self.ready_rows < rows:
+            start = time.perf_counter()
+            with self._changed:
+                self._changed.wait_for(lambda: self.ready_rows >= rows or self.error is not None)
+            self.waited_s += time.perf_counter() - start
+        if self.ready_rows < rows:
+            raise self.error
+
+    def join(self) -> None:
+        """Waits for the decoding thread to end (it ends on its own, in ~the decode's time)."""
+        if self._thread is not None:
+            self._thread.join()
 
 
 def check_content_type(content_type: str | None) -> str:
@@ -140,7 +201,9 @@ def open_upload(data: bytes, max_pixels: int) -> PendingImage:
     width, height = image.size
     if turn in (5, 6, 7, 8):
         width, height = height, width
-    return PendingImage(height, width, functools.partial(decode_rgb, image, turn))
+    layout = png_bands.layout_of(data) if image.format == "PNG" and turn == 1 else None
+    bands = None if layout is None else functools.partial(png_bands.bands, layout, _to_rgb)
+    return PendingImage(height, width, functools.partial(decode_rgb, image, turn), bands)
 
 
 def decode_rgb(image: Image.Image, turn: int | None = None) -> np.ndarray:
@@ -172,8 +235,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise ApiError("upload_too_large", f"the body passed the limit of {limit} bytes")
+        check_upload_size(size, limit, "the body has at least")
         chunks.append(chunk)
     return b"".join(chunks)
 

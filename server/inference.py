@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from model import allocation_window, cancellation, memory
+from model import allocation_window, arrival, cancellation, memory
 from model.data import make_scene
 from model.qgn import QGN, Prediction
 from model.scheme_request import MIB, SchemeRequest
@@ -320,18 +320,21 @@ class Engine:
         if not self._start(job):
             return
         try:
-            pixels = work.image.pixels()
+            # On the CPU the model reads the pixels in place, so it starts on the first rows
+            # while a PNG's others are decoded (model.arrival); CUDA copies them whole first.
+            pixels = work.image.arriving(in_bands=self.device.type == "cpu")
         except BaseException as error:
             self._settle(job, None, error)
             return
         started = time.time()
         try:
-            with cancellation.watching(work.cancel):
-                prediction = self._predict(pixels, work.scheme)
+            with cancellation.watching(work.cancel), arrival.arriving(pixels.wait_rows):
+                prediction = self._predict(pixels.array, work.scheme)
         except (torch.OutOfMemoryError, MemoryError) as error:
             self._free_device_memory()
-            if job.retry_of is None and not work.cancel.is_set():
-                self._queue_retry(job, PendingImage.of(pixels), error)
+            pixels.join()
+            if job.retry_of is None and not work.cancel.is_set() and pixels.error is None:
+                self._queue_retry(job, PendingImage.of(pixels.array), error)
             else:
                 self._settle(job, None, work.refusal or self._out_of_memory(work.scheme))
             return
@@ -342,6 +345,10 @@ class Engine:
         except BaseException as error:
             self._settle(job, None, error)
             return
+        finally:
+            pixels.join()
+        # latency_ms is the inference's: time it waited for the decode is the decode's.
+        prediction = replace(prediction, latency_s=prediction.latency_s - pixels.waited_s)
         del pixels
         self._log_inference(job, started, prediction)
         self._recent_seconds.append(prediction.latency_s)

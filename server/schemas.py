@@ -58,6 +58,24 @@ class SegmentResponse(BaseModel):
     stats: Stats
 
 
+class SegmentSummary(BaseModel):
+    """`format=summary`: what ran and what it cost, short enough to read in a terminal."""
+
+    width: int
+    height: int
+    scheme: str
+    threshold: float | None
+    budget_mb: float | None
+    capped: bool
+    degraded: bool
+    latency_ms: float
+    peak_memory_mb: float = Field(description="peak_memory_bytes in MiB, 2 decimals")
+    leaves: int = Field(description="how many leaves the quadtree has")
+    classes: dict[str, float] = Field(
+        description="share of the pixels of each class present, largest first"
+    )
+
+
 class Limits(BaseModel):
     max_upload_mb: float
     max_pixels: int

@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
 from model.qgn import BLOCK_SIZES, LEVELS, Prediction
+from model.scheme_request import MIB
 from server.deps import AppSettings, ReadyEngine, RequestedScheme
 from server.errors import ApiError, documented
 from server.images import (
@@ -27,7 +28,7 @@ from server.images import (
     open_upload,
     read_body,
 )
-from server.schemas import ErrorResponse, SegmentResponse
+from server.schemas import ErrorResponse, SegmentResponse, SegmentSummary
 
 router = APIRouter()
 JSON = "application/json"
@@ -88,7 +89,7 @@ async def image_bytes(request: Request, limit: int) -> bytes:
 
 @router.post(
     "/v1/segment",
-    response_model=SegmentResponse,
+    response_model=SegmentResponse | SegmentSummary,
     responses={200: {"content": {"image/png": {}}}, **ERRORS},
     openapi_extra={"requestBody": IMAGE_BODY},
     summary="Segment an image; the scheme sets the memory it may use",
@@ -98,7 +99,11 @@ async def segment(
     settings: AppSettings,
     wanted: RequestedScheme,
     engine: ReadyEngine,
-    format: Literal["json", "png"] = Query("json", description="json body or the palette PNG"),
+    format: Literal["json", "png", "summary"] = Query(
+        "json",
+        description="json: the quadtree and the mask; png: the palette PNG mask, costs in "
+        "headers; summary: what ran and what it cost, in a few lines",
+    ),
 ):
     data = await image_bytes(request, settings.max_upload_bytes)
     image = await run_in_threadpool(open_upload, data, settings.max_pixels)
@@ -107,10 +112,34 @@ async def segment(
     request.app.state.recent.add(prediction)
     request.state.peak_memory_bytes = prediction.peak_bytes
     request.app.state.metrics.observe("v1", wanted.name, prediction)
+    if format == "summary":
+        return summary_response(prediction, engine.card["classes"])
     mask_png = await run_in_threadpool(
         encode_mask_png, prediction.mask.numpy(), engine.card["palette"]
     )
     return json_or_png_response(prediction, mask_png, format, engine.card["classes"])
+
+
+def summary_response(prediction: Prediction, classes: list[str]) -> Response:
+    """`format=summary`: the costs and the class shares, indented, without leaves or mask."""
+    ran = prediction.scheme
+    height, width = prediction.mask.shape
+    counts = np.bincount(prediction.mask.numpy().ravel(), minlength=len(classes))
+    mask_pixels = height * width
+    shares = sorted(
+        ((classes[c], round(float(n) / mask_pixels, 4)) for c, n in enumerate(counts) if n),
+        key=lambda item: -item[1],
+    )
+    body = {
+        "width": width,
+        "height": height,
+        **ran.as_dict(),
+        "latency_ms": round(prediction.latency_s * 1000, 1),
+        "peak_memory_mb": round(prediction.peak_bytes / MIB, 2),
+        "leaves": len(prediction.leaves),
+        "classes": dict(shares),
+    }
+    return Response(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", media_type=JSON)
 
 
 def json_or_png_response(prediction: Prediction, mask_png: bytes, format: str, classes: list[str]):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model.quadtree import leaf_coverage, leaves_to_dense
-from server.schemas import SegmentResponse
+from server.schemas import SegmentResponse, SegmentSummary
 from server.settings import Settings
 from tests.server.conftest import (
     CLASSES,
@@ -325,3 +325,31 @@ def test_the_json_answer_is_exactly_what_its_schema_says(client, query):
     assert SegmentResponse.model_validate(body).model_dump(mode="json") == body
     leaves = np.asarray(body["quadtree"]["leaves"])
     assert leaves.ndim == 2 and leaves.shape[1] == 4 and leaves.dtype.kind == "i"
+
+
+def test_summary_says_what_ran_and_the_class_shares_of_the_same_mask(client):
+    body = encode(scene_image(96, 160, seed=3))
+    full = post(client, body, "?scheme=threshold&threshold=0.4").json()
+    summary = post(client, body, "?scheme=threshold&threshold=0.4&format=summary")
+    assert summary.status_code == 200 and summary.headers["content-type"] == "application/json"
+    assert len(summary.text.splitlines()) < 40  # short enough for a terminal
+    short = summary.json()
+    assert set(short) == set(SegmentSummary.model_fields)
+    assert (short["width"], short["height"]) == (160, 96)
+    assert (short["scheme"], short["threshold"]) == ("threshold", 0.4)
+    assert short["leaves"] == len(full["quadtree"]["leaves"])
+    assert short["peak_memory_mb"] == pytest.approx(
+        full["stats"]["peak_memory_bytes"] / 2**20, abs=0.011
+    )
+    mask = decoded_mask(full)
+    counts = np.bincount(mask.ravel(), minlength=len(CLASSES))
+    expected = {CLASSES[c]: round(n / mask.size, 4) for c, n in enumerate(counts) if n}
+    assert short["classes"] == expected
+    shares = list(short["classes"].values())
+    assert shares == sorted(shares, reverse=True)
+
+
+def test_an_unknown_format_is_a_422_naming_the_formats(client):
+    response = post(client, encode(scene_image()), "?format=gif")
+    assert response.status_code == 422
+    assert "summary" in response.json()["error"]["message"]
