@@ -34,7 +34,18 @@ REQUESTABLE: dict[str, dict] = {
             "budget_mb": {"type": "number", "exclusiveMinimum": 0, "unit": "MiB", "required": True}
         },
     },
+    "auto": {
+        "description": "the server picks, when the request is admitted, the most accurate "
+        "setting whose predicted peak fits the memory free then (and max_memory_mb) and whose "
+        "predicted run time fits what is left of deadline_ms",
+        "parameters": {
+            "deadline_ms": {"type": "number", "exclusiveMinimum": 0, "unit": "ms"},
+            "max_memory_mb": {"type": "number", "exclusiveMinimum": 0, "unit": "MiB"},
+        },
+    },
 }
+# The parameters only `auto` takes.
+AUTO_PARAMETERS = ("deadline_ms", "max_memory_mb")
 SCHEME_NAMES = (*REQUESTABLE, "oracle")
 
 
@@ -57,6 +68,8 @@ class SchemeRequest:
     name: str
     threshold: float | None = None
     budget_mb: float | None = None
+    deadline_ms: float | None = None  # auto only: from the request's arrival
+    max_memory_mb: float | None = None  # auto only
 
     def __post_init__(self):
         if self.name not in SCHEME_NAMES:
@@ -64,7 +77,10 @@ class SchemeRequest:
                 "unknown_scheme",
                 f"unknown scheme {self.name!r}; valid schemes: {', '.join(SCHEME_NAMES)}",
             )
-        for field_name, value in (("threshold", self.threshold), ("budget_mb", self.budget_mb)):
+        values = {
+            name: getattr(self, name) for name in ("threshold", "budget_mb", *AUTO_PARAMETERS)
+        }
+        for field_name, value in values.items():
             if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
                 raise SchemeError(
                     "invalid_parameter", f"{field_name} must be a finite number, got {value}"
@@ -92,3 +108,12 @@ class SchemeRequest:
             raise SchemeError(
                 "invalid_parameter", f"budget_mb is used only with scheme=budget, not {self.name}"
             )
+        for field_name in AUTO_PARAMETERS:
+            value = values[field_name]
+            if value is not None and self.name != "auto":
+                raise SchemeError(
+                    "invalid_parameter",
+                    f"{field_name} is used only with scheme=auto, not {self.name}",
+                )
+            if value is not None and value <= 0:
+                raise SchemeError("invalid_parameter", f"{field_name} must be > 0, got {value}")

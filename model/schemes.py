@@ -262,6 +262,8 @@ def build_scheme(
         if cap_mb is not None and cap_mb < request.budget_mb:
             return Budget.in_mib(cap_mb, capped=True)
         return Budget.in_mib(request.budget_mb)
+    if request.name == "auto":
+        raise SchemeError("unknown_scheme", "scheme=auto is resolved by the server at admission")
     if request.name == "oracle":
         if targets is None:
             raise SchemeError("missing_parameter", "scheme 'oracle' needs ground-truth targets")

@@ -1,6 +1,7 @@
 """Admission by predicted peak: a first-come-first-served queue in front of N workers.
 
-Every job carries the bytes it reserves (its predicted peak). A worker takes the job at the
+Every job carries the bytes it reserves (its predicted peak), or decides them when it reaches
+the head from what is free then (`Job.reserve`: `scheme=auto`). A worker takes the job at the
 head of the queue only when that reservation fits in what the running jobs leave of the
 device budget; until then every worker waits, so a big job at the head is never overtaken
 (starved) by small ones behind it, the way vLLM admits sequences while their KV-cache blocks
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +26,11 @@ class Job:
     """One inference waiting for the device; `retry_of` is set on an out-of-memory retry."""
 
     payload: Any
-    reserved_bytes: int
+    reserved_bytes: int  # what it reserves; with `reserve`, the least it could
     future: Future = field(default_factory=Future)
     retry_of: BaseException | None = None
+    # Decides at admission, from the free bytes, what the job reserves (None: it waits).
+    reserve: Callable[[int], int | None] | None = None
 
 
 class AdmissionQueue:
@@ -66,9 +70,12 @@ class AdmissionQueue:
                     self._jobs.popleft()
                 if self._jobs:
                     head = self._jobs[0]
-                    if self.admitted_bytes + head.reserved_bytes <= self.capacity_bytes:
+                    free = self.capacity_bytes - self.admitted_bytes
+                    wants = head.reserved_bytes if head.reserve is None else head.reserve(free)
+                    if wants is not None and wants <= free:
                         self._jobs.popleft()
-                        self.admitted_bytes += head.reserved_bytes
+                        head.reserved_bytes = wants
+                        self.admitted_bytes += wants
                         self.busy += 1
                         return head
                 elif self._closed:

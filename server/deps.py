@@ -3,6 +3,7 @@ the validated scheme of a request."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -37,11 +38,15 @@ def ready_engine(engine: Annotated[Engine, Depends(loaded_engine)]) -> Engine:
 
 
 def as_scheme_request(
-    name: str, threshold: float | None = None, budget_mb: float | None = None
+    name: str,
+    threshold: float | None = None,
+    budget_mb: float | None = None,
+    deadline_ms: float | None = None,
+    max_memory_mb: float | None = None,
 ) -> SchemeRequest:
     """A validated scheme request; a bad one is an ApiError with the scheme's message."""
     try:
-        return SchemeRequest(name, threshold, budget_mb)
+        return SchemeRequest(name, threshold, budget_mb, deadline_ms, max_memory_mb)
     except SchemeError as error:
         raise ApiError(error.code, error.message) from None
 
@@ -59,12 +64,21 @@ def requested_scheme(
     budget_mb: Annotated[
         float | None, Query(description="memory budget in MiB, with scheme=budget")
     ] = None,
+    deadline_ms: Annotated[
+        float | None,
+        Query(description="scheme=auto: answer within this many ms of arrival, if it can"),
+    ] = None,
+    max_memory_mb: Annotated[
+        float | None, Query(description="scheme=auto: the most this request may hold, MiB")
+    ] = None,
 ) -> SchemeRequest:
     """The scheme a `/v1` request asks for, validated (422 otherwise). Its name goes to
     `request.state.scheme` as soon as it is known to be one, so that the metrics label every
-    answer after this point, errors included, with it (`server.middleware`)."""
+    answer after this point, errors included, with it (`server.middleware`); its arrival
+    time to `request.state.arrived` (a deadline counts from it)."""
+    request.state.arrived = time.monotonic()
     request.state.scheme = scheme or settings.default_scheme
-    return as_scheme_request(request.state.scheme, threshold, budget_mb)
+    return as_scheme_request(request.state.scheme, threshold, budget_mb, deadline_ms, max_memory_mb)
 
 
 AppSettings = Annotated[Settings, Depends(app_settings)]

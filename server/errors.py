@@ -59,6 +59,9 @@ ERRORS: dict[str, ErrorKind] = {
         503, 503, "QGN_QUEUE_SIZE requests are queued or running (Retry-After)"
     ),
     "shutting_down": ErrorKind(503, 503, "the server is draining after SIGTERM (Retry-After)"),
+    "deadline_unreachable": ErrorKind(
+        503, 503, "scheme=auto: the predicted wait and the fastest setting pass deadline_ms"
+    ),
     "timeout": ErrorKind(504, 504, "the request outlived QGN_REQUEST_TIMEOUT_S"),
     "out_of_memory": ErrorKind(
         507, 507, "the device ran out of memory, also under a tighter budget"

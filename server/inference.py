@@ -28,13 +28,17 @@ import numpy as np
 import torch
 
 from model import allocation_window, arrival, cancellation, memory
+from model.cost import padded_pixels
 from model.data import make_scene
 from model.qgn import QGN, Prediction
-from model.scheme_request import MIB, SchemeRequest
+from model.scheme_request import MIB, SchemeRequest, mib_to_bytes
 from model.schemes import Budget, Scheme, build_scheme, make_scheme
+from server import auto
 from server.admission import AdmissionQueue, Job
+from server.auto import AutoChoice
 from server.errors import ApiError
 from server.images import PendingImage
+from server.latency import LatencyModel
 from server.memory_limit import device_memory
 from server.metrics import Metrics
 from server.prediction import PeakPredictor
@@ -77,9 +81,18 @@ class Work:
     scheme: Scheme
     predicted_bytes: int  # the model's predicted peak; the job reserves the pixels too
     cancel: threading.Event = field(default_factory=threading.Event)
+    auto: AutoChoice | None = None  # what scheme=auto chose, once it was admitted
     refusal: ApiError | None = None
     started: bool = False  # it left the queue (to run, or answered while it waited)
     running: bool = False  # a worker has it now
+
+
+@dataclass(frozen=True)
+class Served:
+    """A request's answer: the prediction, and what scheme=auto chose (None otherwise)."""
+
+    prediction: Prediction
+    auto: AutoChoice | None = None
 
 
 class Engine:
@@ -92,6 +105,7 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.predictor = PeakPredictor(model)
+        self.latency = LatencyModel()
         self.queue = AdmissionQueue(MIB)
         self._size_device_budget()
         self.draining = False
@@ -184,10 +198,12 @@ class Engine:
         copied to the device inside the measured peak, and host memory is not the budget."""
         return PIXEL_BYTES * height * width if self.device.type == "cpu" else 0
 
-    def plan(self, image: PendingImage, request: SchemeRequest) -> Job:
+    def plan(self, image: PendingImage, request: SchemeRequest, arrived: float = 0.0) -> Job:
         """The job to queue: the scheme under the server's cap, reserving its predicted peak
         and its pixels; 413/422 when no budget can hold this image. A request predicted above
         the device budget runs capped to what the budget leaves beside its pixels."""
+        if request.name == "auto":
+            return self._plan_auto(image, request, arrived)
         height, width = image.height, image.width
         floor = self.min_budget_mb(height, width)
         cap = self.settings.memory_budget_mb
@@ -222,12 +238,113 @@ class Engine:
         work = Work(image, request, build_scheme(request, cap_mb=cap), predicted)
         return Job(work, predicted + pixels)
 
+    def _fits_the_device(self, height: int, width: int, floor: float) -> None:
+        """413 when even the image's minimum budget cannot fit the cap or the device."""
+        pixels = self.pixel_bytes(height, width)
+        device_mb = (self.device_memory_bytes - pixels) / MIB
+        in_device = f"has a device budget of {self.device_memory_bytes / MIB:g} MiB"
+        if pixels:
+            in_device += f", {pixels / MIB:.2f} MiB of it for the image's pixels"
+        limits = [(device_mb, in_device)]
+        cap = self.settings.memory_budget_mb
+        if cap is not None:
+            limits.insert(0, (cap, f"caps every request at {cap:g} MiB"))
+        for limit, what in limits:
+            if floor > limit:
+                raise ApiError(
+                    "over_memory_budget",
+                    f"a {width}×{height} image needs at least {floor} MiB; this server {what}",
+                    min_budget_mb=floor,
+                )
+
+    def _plan_auto(self, image: PendingImage, request: SchemeRequest, arrived: float) -> Job:
+        """scheme=auto: every candidate's predicted peak and run time for this image, the caps
+        applied now; the choice itself waits for admission (`Job.reserve`). 422 when even the
+        minimum budget is over `max_memory_mb`, 503 at once when the predicted wait and the
+        fastest candidate cannot meet the deadline."""
+        height, width = image.height, image.width
+        floor = self.min_budget_mb(height, width)
+        self._fits_the_device(height, width, floor)
+        if request.max_memory_mb is not None and floor > request.max_memory_mb:
+            raise ApiError(
+                "budget_too_small",
+                f"max_memory_mb={request.max_memory_mb} is below the smallest feasible budget "
+                f"for a {width}×{height} image: {floor} MiB",
+                min_budget_mb=floor,
+            )
+        ranked = auto.candidates(self.card, height, width, floor)
+        if not ranked:
+            raise ApiError(
+                "invalid_parameter",
+                "scheme=auto ranks settings by the model card's evaluation, and this model's "
+                "card has none; name a scheme",
+            )
+        caps = [c for c in (self.settings.memory_budget_mb, request.max_memory_mb) if c]
+        cap = min(caps, default=None)
+        pixels = self.pixel_bytes(height, width)
+        padded = padded_pixels(height, width)
+        options, excluded = [], {}
+        for index, candidate in enumerate(ranked):
+            peak = self.predictor.peak_bytes(candidate.request, height, width, None)
+            card_s = candidate.card_latency_ms / 1000 * padded / candidate.card_pixels
+            seconds = self.latency.seconds(candidate.label, padded, card_s)
+            options.append(auto.Option(candidate, peak, seconds))
+            if cap is not None and peak > mib_to_bytes(cap):
+                excluded[index] = "max_memory"
+            elif peak + pixels > self.device_memory_bytes:
+                excluded[index] = "memory"
+        deadline_s = None if request.deadline_ms is None else request.deadline_ms / 1000
+        if deadline_s is not None:
+            wait = self.predicted_wait_s()
+            fastest = min(o.seconds for i, o in enumerate(options) if i not in excluded)
+            if wait + fastest > deadline_s - (time.monotonic() - arrived):
+                raise ApiError(
+                    "deadline_unreachable",
+                    f"deadline_ms={request.deadline_ms:g} cannot be met: the predicted wait is "
+                    f"{wait * 1000:.0f} ms and the fastest setting takes {fastest * 1000:.0f} ms",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+        cheapest = min(o.peak_bytes for i, o in enumerate(options) if i not in excluded)
+        work = Work(image, request, build_scheme(SchemeRequest("pc")), cheapest)
+
+        def reserve(free_bytes: int) -> int | None:
+            """At admission: the choice, and what it reserves (None: wait for room)."""
+            left = None if deadline_s is None else deadline_s - (time.monotonic() - arrived)
+            chosen = auto.choose(options, excluded, free_bytes - pixels, left)
+            if chosen is None:
+                return None
+            option, reason = chosen
+            work.request = option.candidate.request
+            work.scheme = build_scheme(work.request, cap_mb=cap)
+            work.predicted_bytes = option.peak_bytes
+            work.auto = AutoChoice(
+                option.candidate.label,
+                reason,
+                option.peak_bytes,
+                free_bytes,
+                option.seconds if deadline_s is not None else None,
+            )
+            self.metrics.auto_choices.labels(option.candidate.label, reason).inc()
+            return option.peak_bytes + pixels
+
+        return Job(work, cheapest + pixels, reserve=reserve)
+
+    def predicted_wait_s(self) -> float:
+        """How long a request arriving now waits for a worker: the typical run of what is
+        queued ahead, plus one when every worker is busy, shared among the workers."""
+        typical = float(np.median(self._recent_seconds)) if self._recent_seconds else 0.0
+        ahead = self.queue.waiting + (self.queue.busy >= self.settings.workers)
+        return typical * ahead / self.settings.workers
+
     # Running -----------------------------------------------------------------------------
-    async def segment(self, image: PendingImage, request: SchemeRequest) -> Prediction:
+    async def segment(
+        self, image: PendingImage, request: SchemeRequest, arrived: float | None = None
+    ) -> Served:
         """Admits, waits for room on a worker, and waits at most the request timeout; a
         request that outlives it is cancelled (504). The prediction records what ran; the
         route encodes it in the format its API answers in."""
-        job = self.plan(image, request)
+        arrived = time.monotonic() if arrived is None else arrived
+        job = self.plan(image, request, arrived)
         self.admit()
         try:
             self.queue.put(job)
@@ -239,9 +356,10 @@ class Engine:
             self._accepted[id(job)] = job
         job.future.add_done_callback(lambda _: self._finished(job))
         try:
-            return await asyncio.wait_for(
+            prediction = await asyncio.wait_for(
                 asyncio.wrap_future(job.future), timeout=self.settings.request_timeout_s
             )
+            return Served(prediction, job.payload.auto)
         except TimeoutError:
             timeout = ApiError(
                 "timeout",
@@ -394,8 +512,24 @@ class Engine:
         )
         if job.retry_of is None and not prediction.scheme.capped:
             self.predictor.observe(work.request, height, width, prediction.peak_bytes)
+            label = work.auto.setting if work.auto else auto.label_of(work.request)
+            self._observe_latency(label, height, width, prediction.latency_s)
         if self.device.type == "cuda":
             self.metrics.device_peak_memory.set(torch.cuda.max_memory_allocated(self.device))
+
+    def _observe_latency(self, label: str, height: int, width: int, seconds: float) -> None:
+        """The latency model learns a run, beside the card's figure for it (its speed)."""
+        card_pixels, rows = auto.nearest_table(self.card, height, width)
+        padded = padded_pixels(height, width)
+        card_s = next(
+            (
+                row["latency_ms_median"] / 1000 * padded / card_pixels
+                for row in rows
+                if (request := auto.request_of(row)) and auto.label_of(request) == label
+            ),
+            None,
+        )
+        self.latency.observe(label, padded, seconds, card_s)
 
     def _log_inference(self, job: Job, started: float, prediction: Prediction) -> None:
         """One structured line per inference: which worker, when (epoch seconds), predicted
@@ -449,6 +583,7 @@ class Engine:
         ]:
             run = self.model.predict(scene, build_scheme(request))
             self.predictor.observe(request, 256, 512, run.peak_bytes)
+            self._observe_latency(auto.label_of(request), 256, 512, run.latency_s)
         if self.device.type == "cpu" and self.settings.device_memory_mb is None:
             self._size_device_budget()
         self.ready = True

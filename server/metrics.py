@@ -81,6 +81,13 @@ class Metrics:
             ["api", "scheme"],
             registry=registry,
         )
+        self.auto_choices = Counter(
+            "qgn_auto_choices",
+            "scheme=auto: the setting chosen at admission, and what kept a more accurate one "
+            "from running (best: nothing; memory, max_memory, deadline).",
+            ["setting", "reason"],
+            registry=registry,
+        )
         for api in APIS:  # zeros, not "no data", at start
             for scheme in REQUESTABLE:
                 self.budget_capped.labels(api, scheme)

@@ -44,6 +44,18 @@ class Stats(BaseModel):
     decoder_bytes: list[int]
 
 
+class AutoInfo(BaseModel):
+    """What scheme=auto chose at admission, and why (present only when auto was asked)."""
+
+    setting: str = Field(description="the card's name of the setting that ran")
+    reason: Literal["best", "memory", "max_memory", "deadline"] = Field(
+        description="best: the most accurate ran; else what kept a more accurate one out"
+    )
+    predicted_peak_mb: float
+    free_memory_mb: float = Field(description="device memory free when it was admitted")
+    predicted_latency_ms: float | None = Field(None, description="when a deadline was given")
+
+
 class SegmentResponse(BaseModel):
     width: int
     height: int
@@ -56,6 +68,7 @@ class SegmentResponse(BaseModel):
     quadtree: Quadtree
     mask: MaskPayload
     stats: Stats
+    auto: AutoInfo | None = None
 
 
 class SegmentSummary(BaseModel):
@@ -74,6 +87,7 @@ class SegmentSummary(BaseModel):
     classes: dict[str, float] = Field(
         description="share of the pixels of each class present, largest first"
     )
+    auto: AutoInfo | None = None
 
 
 class Limits(BaseModel):
@@ -111,6 +125,10 @@ class ModelInfo(BaseModel):
     memory_guarantee: dict[str, str] = Field(
         description="what the memory promise is: what peak_memory_bytes counts, and what "
         "budgets, the server's cap and admission guarantee (model.cost.MEMORY_GUARANTEE)"
+    )
+    latency_model: dict[str, Any] = Field(
+        description="scheme=auto's predicted run times: per setting, the measured runs it was "
+        "fitted to and its predicted ms per megapixel; its speed against the card's machine"
     )
     evaluation: Any = None
 

@@ -37,9 +37,9 @@ class Settings:
     def __post_init__(self):
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"QGN_DEVICE must be auto, cpu or cuda, got {self.device!r}")
-        if self.default_scheme not in ("all", "pc"):
+        if self.default_scheme not in ("all", "pc", "auto"):
             raise SettingsError(
-                f"QGN_DEFAULT_SCHEME must be all or pc (schemes that need no parameter), "
+                f"QGN_DEFAULT_SCHEME must be all, pc or auto (schemes that need no parameter), "
                 f"got {self.default_scheme!r}"
             )
         _positive("QGN_MAX_UPLOAD_MB", self.max_upload_mb)

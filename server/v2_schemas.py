@@ -61,6 +61,8 @@ class RequestParameters(BaseModel):
     scheme: SchemeName | None = Field(None, description="the server's default when left out")
     threshold: float | None = Field(None, description="p(composite) threshold, scheme=threshold")
     budget_mb: float | None = Field(None, description="memory budget in MiB, scheme=budget")
+    deadline_ms: float | None = Field(None, description="scheme=auto: ms from arrival, if it can")
+    max_memory_mb: float | None = Field(None, description="scheme=auto: the most it may hold, MiB")
     binary_data_output: bool = Field(False, description="every output as binary data")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from model.qgn import Prediction
+from server.auto import AutoChoice
 from server.errors import ApiError, validation_error
 from server.images import PendingImage, check_pixels, check_upload_size, open_upload
 from server.v2_schemas import InferInput, InferRequest, RequestedOutput
@@ -150,14 +151,19 @@ def _pixels_from_json(data: list, height: int, width: int) -> np.ndarray:
     return pixels.astype(np.uint8).reshape(height, width, 3)
 
 
-def response_parameters(prediction: Prediction) -> dict[str, str | int | float | bool]:
-    """What ran and what it cost, as the protocol's scalar parameters."""
+def response_parameters(
+    prediction: Prediction, auto: AutoChoice | None = None
+) -> dict[str, str | int | float | bool]:
+    """What ran and what it cost, as the protocol's scalar parameters; what scheme=auto chose
+    and why as flat `auto_*` ones."""
     ran = prediction.scheme
     parameters: dict[str, str | int | float | bool] = {"scheme": ran.name}
     if ran.threshold is not None:
         parameters["threshold"] = ran.threshold
     if ran.budget_mb is not None:
         parameters["budget_mb"] = ran.budget_mb
+    if auto is not None:
+        parameters |= {f"auto_{key}": value for key, value in auto.as_dict().items()}
     return parameters | {
         "capped": ran.capped,
         "degraded": ran.degraded,
@@ -169,7 +175,11 @@ def response_parameters(prediction: Prediction) -> dict[str, str | int | float |
 
 
 def encode_response(
-    request: InferRequest, prediction: Prediction, model_name: str, model_version: str
+    request: InferRequest,
+    prediction: Prediction,
+    model_name: str,
+    model_version: str,
+    auto: AutoChoice | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, followed by the binary outputs if any."""
     tensors = {
@@ -193,7 +203,7 @@ def encode_response(
     body = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         body["id"] = request.id
-    body |= {"parameters": response_parameters(prediction), "outputs": outputs}
+    body |= {"parameters": response_parameters(prediction, auto), "outputs": outputs}
     header = json.dumps(body, separators=(",", ":")).encode()
     if not chunks:
         return header, {"content-type": "application/json"}

@@ -34,5 +34,6 @@ def model_info(engine: LoadedEngine) -> ModelInfo:
         ),
         memory_measurement=engine.measurement,
         memory_guarantee=MEMORY_GUARANTEE,
+        latency_model=engine.latency.describe(),
         evaluation=card.get("evaluation"),
     )

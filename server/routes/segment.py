@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
-from model.qgn import BLOCK_SIZES, LEVELS, Prediction
+from model.qgn import BLOCK_SIZES, LEVELS
 from model.scheme_request import MIB
 from server.deps import AppSettings, ReadyEngine, RequestedScheme
 from server.errors import ApiError, documented
@@ -28,6 +28,7 @@ from server.images import (
     open_upload,
     read_body,
 )
+from server.inference import Served
 from server.schemas import ErrorResponse, SegmentResponse, SegmentSummary
 
 router = APIRouter()
@@ -108,20 +109,22 @@ async def segment(
     data = await image_bytes(request, settings.max_upload_bytes)
     image = await run_in_threadpool(open_upload, data, settings.max_pixels)
     del data
-    prediction = await engine.segment(image, wanted)
+    served = await engine.segment(image, wanted, request.state.arrived)
+    prediction = served.prediction
     request.app.state.recent.add(prediction)
     request.state.peak_memory_bytes = prediction.peak_bytes
     request.app.state.metrics.observe("v1", wanted.name, prediction)
     if format == "summary":
-        return summary_response(prediction, engine.card["classes"])
+        return summary_response(served, engine.card["classes"])
     mask_png = await run_in_threadpool(
         encode_mask_png, prediction.mask.numpy(), engine.card["palette"]
     )
-    return json_or_png_response(prediction, mask_png, format, engine.card["classes"])
+    return json_or_png_response(served, mask_png, format, engine.card["classes"])
 
 
-def summary_response(prediction: Prediction, classes: list[str]) -> Response:
+def summary_response(served: Served, classes: list[str]) -> Response:
     """`format=summary`: the costs and the class shares, indented, without leaves or mask."""
+    prediction = served.prediction
     ran = prediction.scheme
     height, width = prediction.mask.shape
     counts = np.bincount(prediction.mask.numpy().ravel(), minlength=len(classes))
@@ -139,11 +142,14 @@ def summary_response(prediction: Prediction, classes: list[str]) -> Response:
         "leaves": len(prediction.leaves),
         "classes": dict(shares),
     }
+    if served.auto is not None:
+        body["auto"] = served.auto.as_dict()
     return Response(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", media_type=JSON)
 
 
-def json_or_png_response(prediction: Prediction, mask_png: bytes, format: str, classes: list[str]):
+def json_or_png_response(served: Served, mask_png: bytes, format: str, classes: list[str]):
     """The v1 answer: the palette PNG mask with the costs in headers, or the JSON body."""
+    prediction = served.prediction
     ran = prediction.scheme
     height, width = prediction.mask.shape
     latency_ms = round(prediction.latency_s * 1000, 3)
@@ -155,6 +161,9 @@ def json_or_png_response(prediction: Prediction, mask_png: bytes, format: str, c
         }
         if ran.budget_mb is not None:
             headers["X-QGN-Budget-Mb"] = str(ran.budget_mb)
+        if served.auto is not None:
+            for key, value in served.auto.as_dict().items():
+                headers["X-QGN-Auto-" + key.replace("_", "-").title()] = str(value)
         return Response(mask_png, media_type="image/png", headers=headers)
     # The response is written straight to JSON bytes: the leaves go as one integer array, and
     # a body the server built itself is not validated again (with pydantic and
@@ -184,4 +193,6 @@ def json_or_png_response(prediction: Prediction, mask_png: bytes, format: str, c
             "decoder_bytes": prediction.decoder_bytes,
         },
     }
+    if served.auto is not None:
+        body["auto"] = served.auto.as_dict()
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)

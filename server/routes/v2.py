@@ -9,6 +9,7 @@ version, 413 over a limit, 503 with `Retry-After`, 504, 507.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Annotated
 
@@ -125,6 +126,7 @@ async def infer(
         ),
     ] = None,
 ) -> Response:
+    arrived = time.monotonic()
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ApiError("compressed_body", "send the body uncompressed (no Content-Encoding)")
     body = await read_body(request, settings.max_upload_bytes + JSON_ROOM)
@@ -132,15 +134,22 @@ async def infer(
     del body
     parameters = parsed.request.parameters
     request.state.scheme = parameters.scheme or settings.default_scheme
-    wanted = as_scheme_request(request.state.scheme, parameters.threshold, parameters.budget_mb)
+    wanted = as_scheme_request(
+        request.state.scheme,
+        parameters.threshold,
+        parameters.budget_mb,
+        parameters.deadline_ms,
+        parameters.max_memory_mb,
+    )
     image = await run_in_threadpool(
         image_of, parsed, settings.max_upload_bytes, settings.max_pixels
     )
-    prediction = await engine.segment(image, wanted)
+    served = await engine.segment(image, wanted, arrived)
+    prediction = served.prediction
     request.state.peak_memory_bytes = prediction.peak_bytes
     request.app.state.metrics.observe("v2", wanted.name, prediction)
     content, headers = await run_in_threadpool(
-        encode_response, parsed.request, prediction, engine.name, engine.version
+        encode_response, parsed.request, prediction, engine.name, engine.version, served.auto
     )
     return Response(content, headers=headers)
 

@@ -15,6 +15,7 @@ from server.settings import Settings
 from tests.server.conftest import (
     CLASSES,
     PALETTE,
+    TINY_TABLES,
     encode,
     png_header_only,
     scene_image,
@@ -258,11 +259,11 @@ def test_model_health_docs_and_unknown_routes(client, tiny_weights):
     assert info["weights_sha256"] == card["weights_sha256"]
     assert info["classes"] == CLASSES and info["palette"] == PALETTE
     assert info["levels"] == 6 and info["block_sizes"] == [32, 16, 8, 4, 2, 1]
-    assert set(info["schemes"]) == {"all", "pc", "threshold", "budget"}
+    assert set(info["schemes"]) == {"all", "pc", "threshold", "budget", "auto"}
     assert info["limits"] == {"max_upload_mb": 2.0, "max_pixels": 5_000_000}
     assert info["default_scheme"] == "pc" and info["memory_budget_mb"] is None
     assert info["memory_measurement"] == "allocation window"
-    assert info["evaluation"] == {"note": "random weights"}
+    assert info["evaluation"]["tables"] == TINY_TABLES
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     assert client.get("/docs").status_code == 200
@@ -322,7 +323,7 @@ def test_the_json_answer_is_exactly_what_its_schema_says(client, query):
     """The body is written without pydantic: it must still be a `SegmentResponse`, field for
     field, with nothing more."""
     body = post(client, encode(scene_image(70, 90)), query).json()
-    assert SegmentResponse.model_validate(body).model_dump(mode="json") == body
+    assert SegmentResponse.model_validate(body).model_dump(mode="json", exclude_unset=True) == body
     leaves = np.asarray(body["quadtree"]["leaves"])
     assert leaves.ndim == 2 and leaves.shape[1] == 4 and leaves.dtype.kind == "i"
 
@@ -334,7 +335,7 @@ def test_summary_says_what_ran_and_the_class_shares_of_the_same_mask(client):
     assert summary.status_code == 200 and summary.headers["content-type"] == "application/json"
     assert len(summary.text.splitlines()) < 40  # short enough for a terminal
     short = summary.json()
-    assert set(short) == set(SegmentSummary.model_fields)
+    assert set(short) == set(SegmentSummary.model_fields) - {"auto"}  # auto: only when asked
     assert (short["width"], short["height"]) == (160, 96)
     assert (short["scheme"], short["threshold"]) == ("threshold", 0.4)
     assert short["leaves"] == len(full["quadtree"]["leaves"])
