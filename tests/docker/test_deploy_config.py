@@ -176,6 +176,7 @@ def test_dashboard_has_the_panels_the_issue_asks_for():
         "qgn_busy_workers",
         "qgn_workers",
         "histogram_quantile(0.99, sum by (scheme, le) (rate(qgn_peak_prediction_ratio_bucket",
+        "sum by (setting, reason) (rate(qgn_auto_choices_total",
     ):
         assert needed in exprs, needed
 

@@ -201,6 +201,13 @@ def test_an_upload_shows_the_overlay_and_tau_asks_again(watched, server, shots):
     expect(page.get_by_role("radio", name=re.compile("^threshold"))).to_be_checked()
     expect(page.locator("#result")).to_have_attribute("aria-busy", "false")
     screenshot(page, shots / "page-result.png")
+
+    # auto: the server picks the setting; the page says which and why.
+    with page.expect_response(lambda r: "scheme=auto" in r.url) as answer:
+        page.get_by_role("radio", name=re.compile("^auto")).check()
+    body = answer.value.json()
+    expect(page.locator("#auto-why")).to_contain_text(f"{body['auto']['setting']}: ")
+    expect(page.locator("#auto-why")).to_contain_text(f"{body['auto']['free_memory_mb']} MiB free")
     watched.assert_clean()
 
 

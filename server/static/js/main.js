@@ -224,6 +224,14 @@ function redrawMask() {
   }
 }
 
+// What kept scheme=auto from a more accurate setting, in words.
+const AUTO_REASONS = {
+  best: "the most accurate setting",
+  memory: "a more accurate one did not fit the memory free now",
+  max_memory: "a more accurate one was over the memory limit",
+  deadline: "a more accurate one was predicted too slow",
+};
+
 function show(result) {
   state.result = result;
   state.map = classMap(result);
@@ -241,6 +249,10 @@ function show(result) {
   $("latency").textContent = `${stats.latency_ms.toFixed(1)} ms`;
   $("leaves").textContent = String(result.quadtree.leaves.length);
   $("ran").textContent = `${settingLabel(result)} on ${stats.device}`;
+  $("auto-why").textContent = result.auto
+    ? `${result.auto.setting}: ${AUTO_REASONS[result.auto.reason]} (predicted ` +
+      `${result.auto.predicted_peak_mb} MiB of ${result.auto.free_memory_mb} MiB free)`
+    : "–";
   const flags = [];
   if (result.capped) flags.push("capped by the server's memory budget");
   if (result.degraded) flags.push("degraded: retried under a tighter budget");
