@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment one image file, no HTTP")
     segment.add_argument("image")
     segment.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    segment.add_argument("--scheme", default="pc", choices=list(REQUESTABLE))
+    # auto is chosen by a server from what its other requests leave: not for one local file.
+    segment.add_argument("--scheme", default="pc", choices=[s for s in REQUESTABLE if s != "auto"])
     segment.add_argument("--threshold", type=float, default=None)
     segment.add_argument("--budget-mb", type=float, default=None)
     segment.add_argument("-o", "--out", default="mask.png")

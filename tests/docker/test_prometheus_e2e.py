@@ -35,11 +35,13 @@ from PIL import Image
 from model.qgn import qgn_tiny
 from model.weights import save_weights
 from tests.docker.test_deploy_config import dashboard_exprs
+from tests.server.conftest import TINY_TABLES
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "qgn-memory.json"
 CLASSES = [f"class{i}" for i in range(12)]
 PALETTE = [[(37 * i) % 256, (91 * i) % 256, (173 * i) % 256] for i in range(12)]
+SCHEMES = ("all", "pc", "auto")
 REQUESTS_PER_SCHEME = 4  # after one first request per scheme
 V2_REQUESTS = 2  # V2 infer under pc, after the /v1 ones
 
@@ -152,6 +154,7 @@ def scraped(tmp_path_factory) -> Iterator[Prometheus]:
     torch.manual_seed(0)
     weights = tmp / "w.safetensors"
     card = {"name": "qgn-test", "version": "0", "classes": CLASSES, "palette": PALETTE}
+    card["evaluation"] = {"tables": TINY_TABLES}  # what scheme=auto ranks the settings by
     save_weights(qgn_tiny(len(CLASSES)).eval(), weights, card)
 
     server_port, prometheus_port = free_port(), free_port()
@@ -213,11 +216,12 @@ def scraped(tmp_path_factory) -> Iterator[Prometheus]:
 
         # A first request per scheme creates the labelled series; Prometheus must hold them
         # before the rest, or rate() over [1m] would see no increase.
-        for scheme in ("all", "pc"):
+        # auto (with room, it runs `all`) feeds the dashboard's panel of auto's choices.
+        for scheme in SCHEMES:
             segment(scheme, seed=0)
-        wait_for("first requests scraped", seen({"all": 1, "pc": 1}), 60, logs)
+        wait_for("first requests scraped", seen(dict.fromkeys(SCHEMES, 1)), 60, logs)
         for seed in range(1, REQUESTS_PER_SCHEME + 1):
-            for scheme in ("all", "pc"):
+            for scheme in SCHEMES:
                 segment(scheme, seed)
         status, _ = http(f"{server}/v1/segment?scheme=pc", b"not a png", "image/png")
         assert status == 400
@@ -226,7 +230,7 @@ def scraped(tmp_path_factory) -> Iterator[Prometheus]:
             status, body = http(url, v2_request(png(128, 256, seed), "pc"), "application/json")
             assert status == 200, f"V2: HTTP {status} {body[:300]!r}"
         total = REQUESTS_PER_SCHEME + 1
-        expected = {"all": total, "pc": total + 1 + V2_REQUESTS}
+        expected = {"all": total, "auto": total, "pc": total + 1 + V2_REQUESTS}
         wait_for("all requests scraped", seen(expected), 60, logs)
         yield prometheus
     finally:
@@ -253,9 +257,10 @@ def test_all_takes_more_memory_per_request_than_pc(scraped):
 
 def test_requests_are_counted_by_api_and_code(scraped):
     codes = scraped.values_by("sum by (code) (qgn_requests_total)", "code")
-    assert codes == {"200": 2 * (REQUESTS_PER_SCHEME + 1) + V2_REQUESTS, "400": 1}
+    v1 = len(SCHEMES) * (REQUESTS_PER_SCHEME + 1)
+    assert codes == {"200": v1 + V2_REQUESTS, "400": 1}
     ok = scraped.values_by('sum by (api) (qgn_requests_total{code="200"})', "api")
-    assert ok == {"v1": 2 * (REQUESTS_PER_SCHEME + 1), "v2": V2_REQUESTS}
+    assert ok == {"v1": v1, "v2": V2_REQUESTS}
     peaks = scraped.values_by("sum by (api) (qgn_inference_peak_memory_bytes_count)", "api")
     assert peaks == ok
 
@@ -279,7 +284,7 @@ def test_admission_metrics_count_every_inference(scraped):
     assert budget > 0
     counts = scraped.values_by("sum by (scheme) (qgn_peak_prediction_ratio_count)", "scheme")
     total = REQUESTS_PER_SCHEME + 1
-    assert counts == {"all": total, "pc": total + V2_REQUESTS}
+    assert counts == {"all": 2 * total, "pc": total + V2_REQUESTS}  # auto ran `all`: room
     # `all`'s prediction is the cost model's bound: never below what was measured.
     worst = scraped.values_by(
         "histogram_quantile(1, sum by (scheme, le)"

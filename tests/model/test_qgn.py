@@ -286,7 +286,7 @@ def test_bad_inputs_and_names_are_refused_clearly():
     model = qgn_tiny().eval()
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         model.predict(torch.zeros(3, 8, 8, dtype=torch.uint8), All())
-    with pytest.raises(ValueError, match="valid schemes: all, pc, threshold, budget, oracle"):
+    with pytest.raises(ValueError, match="valid schemes: all, pc, threshold, budget, auto, oracle"):
         make_scheme("dense")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         make_scheme("threshold", threshold=1.5)
