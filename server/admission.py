@@ -29,15 +29,17 @@ class Job:
     reserved_bytes: int  # what it reserves; with `reserve`, the least it could
     future: Future = field(default_factory=Future)
     retry_of: BaseException | None = None
-    # Decides at admission, from the free bytes, what the job reserves (None: it waits).
-    reserve: Callable[[int], int | None] | None = None
+    # Decides at admission what the job reserves (None: it waits), from the free bytes and
+    # how many jobs could start now, it included (idle workers, jobs waiting).
+    reserve: Callable[[int, int], int | None] | None = None
 
 
 class AdmissionQueue:
-    def __init__(self, capacity_bytes: int):
+    def __init__(self, capacity_bytes: int, workers: int = 1):
         if capacity_bytes <= 0:
             raise ValueError(f"the device budget must be positive, got {capacity_bytes} bytes")
         self.capacity_bytes = capacity_bytes
+        self.workers = workers
         self.admitted_bytes = 0  # the sum of the running jobs' reservations
         self.busy = 0  # running jobs (one per busy worker)
         self._jobs: deque[Job] = deque()
@@ -71,7 +73,11 @@ class AdmissionQueue:
                 if self._jobs:
                     head = self._jobs[0]
                     free = self.capacity_bytes - self.admitted_bytes
-                    wants = head.reserved_bytes if head.reserve is None else head.reserve(free)
+                    if head.reserve is None:
+                        wants = head.reserved_bytes
+                    else:
+                        could_start = min(len(self._jobs), max(self.workers - self.busy, 1))
+                        wants = head.reserve(free, could_start)
                     if wants is not None and wants <= free:
                         self._jobs.popleft()
                         head.reserved_bytes = wants

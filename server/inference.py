@@ -106,7 +106,7 @@ class Engine:
         self.metrics = metrics
         self.predictor = PeakPredictor(model)
         self.latency = LatencyModel()
-        self.queue = AdmissionQueue(MIB)
+        self.queue = AdmissionQueue(MIB, settings.workers)
         self._size_device_budget()
         self.draining = False
         self._accepted: dict[int, Job] = {}  # id(job) -> every job not answered yet
@@ -307,10 +307,16 @@ class Engine:
         cheapest = min(o.peak_bytes for i, o in enumerate(options) if i not in excluded)
         work = Work(image, request, build_scheme(SchemeRequest("pc")), cheapest)
 
-        def reserve(free_bytes: int) -> int | None:
-            """At admission: the choice, and what it reserves (None: wait for room)."""
+        def reserve(free_bytes: int, could_start: int) -> int | None:
+            """At admission: the choice, and what it reserves (None: wait for room). Under
+            load the free memory is shared with the requests that could start beside this
+            one (idle workers, requests waiting), so that one accurate request does not
+            hold the device while the others queue; if nothing fits a share, the whole."""
             left = None if deadline_s is None else deadline_s - (time.monotonic() - arrived)
-            chosen = auto.choose(options, excluded, free_bytes - pixels, left)
+            share = free_bytes // could_start - pixels
+            chosen = auto.choose(options, excluded, share, left)
+            if chosen is None and could_start > 1:
+                chosen = auto.choose(options, excluded, free_bytes - pixels, left)
             if chosen is None:
                 return None
             option, reason = chosen

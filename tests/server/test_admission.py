@@ -44,6 +44,39 @@ def test_the_head_waits_for_room_and_nothing_overtakes_it():
     assert queue.take() is small and queue.admitted_bytes == 7 and queue.busy == 2
 
 
+def test_a_job_that_decides_at_admission_is_told_the_free_bytes_and_who_could_start():
+    asked = []
+
+    def reserve(free: int, could_start: int) -> int | None:
+        asked.append((free, could_start))
+        return free // could_start if free >= 4 else None
+
+    queue = AdmissionQueue(12, workers=2)
+    queue.put(Job("running", 4))
+    assert queue.take().reserved_bytes == 4
+    deciding, behind = Job("auto", 1, reserve=reserve), Job("next", 2)
+    queue.put(deciding)
+    queue.put(behind)
+    # 8 bytes free, one idle worker: only the head could start now.
+    assert queue.take() is deciding and deciding.reserved_bytes == 8 and asked == [(8, 1)]
+    queue.done(deciding)
+    queue.put(Job("auto 2", 1, reserve=reserve))
+    # `next` first, then: 6 free, no idle worker (counted as one).
+    assert queue.take() is behind and queue.take().reserved_bytes == 6 and asked[-1] == (6, 1)
+    queue = AdmissionQueue(12, workers=2)
+    queue.put(Job("auto 3", 1, reserve=reserve))
+    queue.put(Job("waiting", 2))
+    # Two idle workers and a job behind: the head is offered a half.
+    assert queue.take().reserved_bytes == 6 and asked[-1] == (12, 2)
+    # Nothing fits: the head waits.
+    full = AdmissionQueue(3)
+    full.put(Job("auto 4", 1, reserve=reserve))
+    thread, taken = taken_in_background(full)
+    thread.join(timeout=0.3)
+    assert taken == [] and full.waiting == 1
+    full.close()
+
+
 def test_a_cancelled_job_is_dropped_and_close_drains():
     queue = AdmissionQueue(10)
     waiting, next_one = Job("a", 10), Job("b", 10)
