@@ -188,14 +188,19 @@ def test_health_answers_with_every_worker_busy_and_sigterm_drains_both(
     try:
         for thread in threads:
             thread.start()
-        busy, health_ms = 0.0, []
+        busy, queued, health_ms = 0.0, 0.0, []
         deadline = time.monotonic() + 60
-        while busy < 2 and time.monotonic() < deadline:
+        # Both workers busy and the other two accepted (queued) before SIGTERM: a request
+        # that arrives after it is refused, as it should be, and is not what this checks.
+        while (busy, queued) != (2, 2) and time.monotonic() < deadline:
             start = time.perf_counter()
             assert server.http.get("/healthz").status_code == 200
             health_ms.append((time.perf_counter() - start) * 1000)
-            busy = metric(server.http.get("/metrics").text, "qgn_busy_workers")
+            metrics = server.http.get("/metrics").text
+            busy = metric(metrics, "qgn_busy_workers")
+            queued = metric(metrics, "qgn_queue_depth")
         assert busy == 2, "both workers never ran at once"
+        assert queued == 2, "the other two were never queued"
         assert server.http.get("/healthz").status_code == 200  # answered while both are busy
         server.process.send_signal(signal.SIGTERM)
         for thread in threads:
