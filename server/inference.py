@@ -206,22 +206,10 @@ class Engine:
             return self._plan_auto(image, request, arrived)
         height, width = image.height, image.width
         floor = self.min_budget_mb(height, width)
+        self._fits_the_device(height, width, floor)
         cap = self.settings.memory_budget_mb
         pixels = self.pixel_bytes(height, width)
         device_mb = (self.device_memory_bytes - pixels) / MIB  # what the model may hold
-        in_device = f"has a device budget of {self.device_memory_bytes / MIB:g} MiB"
-        if pixels:
-            in_device += f", {pixels / MIB:.2f} MiB of it for the image's pixels"
-        limits = [(device_mb, in_device)]
-        if cap is not None:
-            limits.insert(0, (cap, f"caps every request at {cap:g} MiB"))
-        for limit, what in limits:
-            if floor > limit:
-                raise ApiError(
-                    "over_memory_budget",
-                    f"a {width}×{height} image needs at least {floor} MiB; this server {what}",
-                    min_budget_mb=floor,
-                )
         if request.name == "budget" and request.budget_mb < floor:
             raise ApiError(
                 "budget_too_small",
