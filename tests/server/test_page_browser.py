@@ -200,6 +200,7 @@ def test_an_upload_shows_the_overlay_and_tau_asks_again(watched, server, shots):
     expect(page.locator("#peak")).to_have_text(peak_as_shown(body))
     expect(page.get_by_role("radio", name=re.compile("^threshold"))).to_be_checked()
     expect(page.locator("#result")).to_have_attribute("aria-busy", "false")
+    page.evaluate("window.scrollTo(0, 0)")  # clicking the legend scrolled it down
     screenshot(page, shots / "page-result.png")
 
     # auto: the server picks the setting; the page says which and why.
