@@ -39,6 +39,7 @@ from model.data.synthetic import VAL_SEEDS
 from model.evaluate import confusion, mean_iou
 from model.scheme_request import MIB
 from model.weights import DEFAULT_WEIGHTS, load_card
+from server.auto import request_of
 from tests.server.test_e2e import RunningServer
 
 SIZE = (1024, 2048)
@@ -152,11 +153,7 @@ def best_setting(card: dict) -> str:
     best = max(
         (r for r in rows if r["scheme"] in ("all", "pc", "threshold")), key=lambda r: r["miou"]
     )
-    return (
-        best["setting"].replace(" ", "&threshold=")
-        if best["scheme"] == "threshold"
-        else best["setting"]
-    )
+    return request_of(best).query().removeprefix("scheme=")
 
 
 def markdown(report: dict) -> str:

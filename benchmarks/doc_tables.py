@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.weights import DEFAULT_WEIGHTS
+from server.auto import request_of
 from server.errors import ERRORS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,17 +30,6 @@ SIZES = ("512x1024", "1024x2048")
 
 def card(weights: Path = DEFAULT_WEIGHTS) -> dict:
     return json.loads(weights.with_suffix(".json").read_text())
-
-
-def request_of(setting: str) -> str:
-    """The card's name of a setting as a request says it ("threshold 0.3" ->
-    `scheme=threshold&threshold=0.3`)."""
-    name, _, value = setting.partition(" ")
-    if name == "threshold":
-        return f"`scheme=threshold&threshold={value}`"
-    if name == "budget":
-        return f"`scheme=budget&budget_mb={value.removesuffix(' MiB')}`"
-    return f"`scheme={name}`"
 
 
 def schemes_table() -> str:
@@ -57,7 +47,7 @@ def schemes_table() -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for setting in shared:
-        cells = [request_of(setting)]
+        cells = [f"`{request_of(rows[SIZES[0]][setting]).query()}`"]
         for size in SIZES:
             row = rows[size][setting]
             cells += [

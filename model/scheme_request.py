@@ -71,6 +71,12 @@ class SchemeRequest:
     deadline_ms: float | None = None  # auto only: from the request's arrival
     max_memory_mb: float | None = None  # auto only
 
+    def query(self) -> str:
+        """The request as `/v1/segment`'s query string: `scheme=threshold&threshold=0.3`."""
+        names = ("threshold", "budget_mb", *AUTO_PARAMETERS)
+        given = [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+        return "&".join([f"scheme={self.name}", *(f"{n}={value:g}" for n, value in given)])
+
     def __post_init__(self):
         if self.name not in SCHEME_NAMES:
             raise SchemeError(

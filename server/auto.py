@@ -29,6 +29,10 @@ class Candidate:
     card_latency_ms: float
     card_pixels: int
 
+    def card_seconds(self, pixels: int) -> float:
+        """The card's latency for this setting, scaled to `pixels` padded pixels."""
+        return self.card_latency_ms / 1000 * pixels / self.card_pixels
+
 
 @dataclass(frozen=True)
 class Option:
@@ -108,6 +112,15 @@ def candidates(card: dict, height: int, width: int, floor_mb: float) -> list[Can
             floor = Candidate(FLOOR, SchemeRequest("budget", budget_mb=floor_mb), *kept)
     found.sort(key=lambda c: -c.miou)
     return found + ([floor] if floor else [])
+
+
+def card_seconds(card: dict, label: str, height: int, width: int) -> float | None:
+    """The card's latency for the setting `label`, scaled to this image; None without one."""
+    # The minimum budget's value does not change its card figure (the `none` row's).
+    for candidate in candidates(card, height, width, floor_mb=1.0):
+        if candidate.label == label:
+            return candidate.card_seconds(padded_pixels(height, width))
+    return None
 
 
 def choose(

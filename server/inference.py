@@ -165,8 +165,12 @@ class Engine:
 
     # Admission ---------------------------------------------------------------------------
     def retry_after_s(self) -> int:
-        typical = float(np.median(self._recent_seconds)) if self._recent_seconds else 1.0
+        typical = self._typical_run_s(default=1.0)
         return max(1, math.ceil(typical * max(self._admitted, 1) / self.settings.workers))
+
+    def _typical_run_s(self, default: float) -> float:
+        """The median of the recent inferences' seconds (`default` before there are any)."""
+        return float(np.median(self._recent_seconds)) if self._recent_seconds else default
 
     def admit(self) -> None:
         """Takes a place in the queue (waiting or running), or refuses with 503."""
@@ -274,7 +278,7 @@ class Engine:
         options, excluded = [], {}
         for index, candidate in enumerate(ranked):
             peak = self.predictor.peak_bytes(candidate.request, height, width, None)
-            card_s = candidate.card_latency_ms / 1000 * padded / candidate.card_pixels
+            card_s = candidate.card_seconds(padded)
             seconds = self.latency.seconds(candidate.label, padded, card_s)
             options.append(auto.Option(candidate, peak, seconds))
             if cap is not None and peak > mib_to_bytes(cap):
@@ -326,7 +330,7 @@ class Engine:
     def predicted_wait_s(self) -> float:
         """How long a request arriving now waits for a worker: the typical run of what is
         queued ahead, plus one when every worker is busy, shared among the workers."""
-        typical = float(np.median(self._recent_seconds)) if self._recent_seconds else 0.0
+        typical = self._typical_run_s(default=0.0)
         ahead = self.queue.waiting + (self.queue.busy >= self.settings.workers)
         return typical * ahead / self.settings.workers
 
@@ -513,17 +517,8 @@ class Engine:
 
     def _observe_latency(self, label: str, height: int, width: int, seconds: float) -> None:
         """The latency model learns a run, beside the card's figure for it (its speed)."""
-        card_pixels, rows = auto.nearest_table(self.card, height, width)
-        padded = padded_pixels(height, width)
-        card_s = next(
-            (
-                row["latency_ms_median"] / 1000 * padded / card_pixels
-                for row in rows
-                if (request := auto.request_of(row)) and auto.label_of(request) == label
-            ),
-            None,
-        )
-        self.latency.observe(label, padded, seconds, card_s)
+        card_s = auto.card_seconds(self.card, label, height, width)
+        self.latency.observe(label, padded_pixels(height, width), seconds, card_s)
 
     def _log_inference(self, job: Job, started: float, prediction: Prediction) -> None:
         """One structured line per inference: which worker, when (epoch seconds), predicted
