@@ -3,7 +3,6 @@ the validated scheme of a request."""
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -74,9 +73,7 @@ def requested_scheme(
 ) -> SchemeRequest:
     """The scheme a `/v1` request asks for, validated (422 otherwise). Its name goes to
     `request.state.scheme` as soon as it is known to be one, so that the metrics label every
-    answer after this point, errors included, with it (`server.middleware`); its arrival
-    time to `request.state.arrived` (a deadline counts from it)."""
-    request.state.arrived = time.monotonic()
+    answer after this point, errors included, with it (`server.middleware`)."""
     request.state.scheme = scheme or settings.default_scheme
     return as_scheme_request(request.state.scheme, threshold, budget_mb, deadline_ms, max_memory_mb)
 

@@ -4,7 +4,8 @@ It wraps the whole application, so limit checks, parameter errors and crashes ar
 in `qgn_requests_total{api,scheme,code}`: `/v1/segment` as api="v1", the Open Inference
 Protocol's `/v2/models/.../infer` as api="v2". The scheme label is what the request's route
 put in `request.state.scheme` once it knew a valid one (`/v1`: the query's `scheme`, or the
-default; V2: its body's parameter), else "none": a request refused before that point.
+default; V2: its body's parameter), else "none": a request refused before that point. It
+also marks the request's arrival in `request.state.arrived`, which a deadline counts from.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        # The request's arrival, for both APIs: a scheme=auto deadline counts from it.
+        scope.setdefault("state", {})["arrived"] = time.monotonic()
         status = {"code": 500}
 
         async def send_and_record(message):

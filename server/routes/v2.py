@@ -9,7 +9,6 @@ version, 413 over a limit, 503 with `Retry-After`, 504, 507.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Annotated
 
@@ -126,7 +125,6 @@ async def infer(
         ),
     ] = None,
 ) -> Response:
-    arrived = time.monotonic()
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ApiError("compressed_body", "send the body uncompressed (no Content-Encoding)")
     body = await read_body(request, settings.max_upload_bytes + JSON_ROOM)
@@ -144,7 +142,7 @@ async def infer(
     image = await run_in_threadpool(
         image_of, parsed, settings.max_upload_bytes, settings.max_pixels
     )
-    served = await engine.segment(image, wanted, arrived)
+    served = await engine.segment(image, wanted, request.state.arrived)
     prediction = served.prediction
     request.state.peak_memory_bytes = prediction.peak_bytes
     request.app.state.metrics.observe("v2", wanted.name, prediction)
