@@ -144,7 +144,7 @@ class DenseQGN(DenseSegmenter):
         skips = [*features[3::-1], padded]
         del padded
         probe.begin_phase("level0")
-        x, logits = self.head(features[4])
+        x, logits = self.head([features[4]])
         del features
         del logits
         for index, level in enumerate(self.levels):

@@ -52,9 +52,15 @@ class DenseHead(nn.Module):
             nn.init.zeros_(block.bn2.weight)
         self.classifier = nn.Conv2d(channels, num_logits, 1)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.context(self.blocks(self.project(x)))
-        return features, self.classifier(features)
+    def forward(self, inputs: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """`inputs` holds the stride-32 map alone and is emptied: the head owns the map, so
+        that it is freed once projected, and each block's input once the next block has run
+        (a chain of calls would hold every block's input to the end): two maps fewer at
+        the head's peak, which sets the request's peak at 1024×2048 (`docs/memory.md`)."""
+        x = self.project(inputs.pop())
+        for block in (*self.blocks, *self.context):
+            x = block(x)
+        return x, self.classifier(x)
 
 
 def batch_norm_(norm: nn.BatchNorm1d, x: Tensor) -> Tensor:

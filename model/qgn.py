@@ -230,8 +230,9 @@ class QGN(nn.Module):
         padded_size = (height + (-height % 32), width + (-width % 32))
 
         probe.begin_phase("level0")
-        dense_features, dense_logits = self.head(deepest)
+        head_input = [deepest]
         del deepest
+        dense_features, dense_logits = self.head(head_input)
         rows, cols = level_shape(height, width, 0, LEVELS)
         grid = torch.stack(
             torch.meshgrid(

@@ -27,7 +27,7 @@ def dense_logits_all(model: QGN, images: Tensor) -> list[Tensor]:
     padded = F.pad(images, (0, -width % 32, 0, -height % 32))
     features = model.encoder(padded)
     skips = [*features[3::-1], padded]
-    x, logits = model.head(features[4])
+    x, logits = model.head([features[4]])
     out = [logits]
     x = x * _inside(x, height, width, 0)
     for level, stage in enumerate(model.stages, start=1):

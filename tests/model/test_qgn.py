@@ -122,6 +122,27 @@ def test_context_blocks_start_as_the_identity_and_widen_what_level_0_sees():
         assert (not torch.allclose(a, b)) == sees
 
 
+def test_the_dense_head_frees_its_input_and_each_blocks_input():
+    """The head sets the request's peak at 1024×2048: a chain of calls would hold the
+    stride-32 map and the projected map while the last block runs, two maps more."""
+    head = randomised(QGN(TINY_WITH_CONTEXT), seed=16).fold_batchnorms().head
+    shape = (1, TINY_WITH_CONTEXT.encoder_widths[-1], 16, 32)
+    map_bytes = 4 * TINY_WITH_CONTEXT.decoder_widths[0] * 16 * 32
+    with torch.inference_mode():
+        with MemoryProbe() as owned:
+            features, logits = head(
+                [torch.randn(shape, generator=torch.Generator().manual_seed(1))]
+            )
+            del features, logits
+        with MemoryProbe() as chained:
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+            chain = head.context(head.blocks(head.project(x)))
+            chain_logits = head.classifier(chain)
+        again = head([x.clone()])
+    assert torch.equal(again[0], chain) and torch.equal(again[1], chain_logits)
+    assert owned.peak_bytes <= chained.peak_bytes - 2 * map_bytes
+
+
 def test_folded_batchnorms_give_the_same_logits():
     model = randomised(QGN(TINY_WITH_CONTEXT), seed=14)
     image, _ = scene(96, 128, seed=15)
