@@ -4,8 +4,10 @@ Why: untrained peers only tell what a dense model costs; to say what the quadtre
 accuracy the peers must see the same data (the synthetic street generator through
 `model.train.ScenePool`: same classes, scene sizes, scale / crop / flip), the same ignore
 label (255, as `quadtree_loss`) and at least the training pixels of the shipped QGN weights
-(4.16 Gpx over their chain: 3968 steps of 2×512×1024), then train on while validation mIoU
-still rises. Nothing pretrained can be downloaded, so every model starts from random init.
+over their whole chain (`qgn_training_pixels`; the cosine schedule spans `--steps`, and past it
+the peer trains on at the schedule's last rate until it has seen as many), then train on while
+validation mIoU still rises. Nothing pretrained can be downloaded, so every model starts from
+random init.
 
 Peers (torchvision, so this runs in the peers venv, not beside the project's torch):
 - `dense-twin`: QGN's own encoder (qgn_small's ResNetEncoder) with its last two stages
@@ -13,7 +15,7 @@ Peers (torchvision, so this runs in the peers venv, not beside the project's tor
   DeepLabv3's head (`DeepLabHead`: ASPP 12/24/36); the same backbone without the quadtree;
 - `lraspp`: `lraspp_mobilenet_v3_large`, the small dense model a low-memory user would pick.
 
-    sh benchmarks/peers_venv.sh && .venv-peers/bin/pip install spconv==2.3.8
+    sh benchmarks/peers_venv.sh
     .venv-peers/bin/python -m benchmarks.train_peers --peer lraspp [--resume]
 
 (spconv only because `model.train`, which holds the data pipeline, imports the QGN model.)
@@ -42,10 +44,22 @@ from model.evaluate import class_iou, confusion, mean_iou
 from model.qgn import MODELS, to_batch
 from model.quadtree import IGNORE
 from model.train import ScenePool, TrainConfig, learning_rate
+from model.weights import DEFAULT_WEIGHTS, load_card
 
 NUM_CLASSES = len(CLASSES)
-# Pixels the shipped QGN weights trained on (weights/qgn_small_synthetic.json, whole chain).
-QGN_TRAINING_PIXELS = 4_162_846_720
+
+
+def qgn_training_pixels(card: dict) -> int:
+    """Pixels a QGN's weights trained on over their whole chain of runs: each run's steps ×
+    batch × crop, following `training.initialised_from` back to the first run."""
+    total, run = 0, card["training"]
+    while run:
+        total += run["steps"] * run["batch_size"] * run["crop"][0] * run["crop"][1]
+        run = run.get("initialised_from")
+    return total
+
+
+QGN_TRAINING_PIXELS = qgn_training_pixels(load_card(DEFAULT_WEIGHTS))
 
 
 class DenseTwin(nn.Module):
@@ -232,7 +246,11 @@ def train(args: argparse.Namespace) -> Path:
     last_checkpoint = time.perf_counter()
     losses: list[float] = []
     running_loss, window_start, window_steps = None, time.perf_counter(), 0
-    while step < config.steps or (args.until_plateau and not plateaued()):
+
+    def trained_enough() -> bool:
+        return step >= config.steps and step * pixels_per_step >= QGN_TRAINING_PIXELS
+
+    while not trained_enough() or (args.until_plateau and not plateaued()):
         images, labels = pool.batch(step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, min(step, config.steps))
