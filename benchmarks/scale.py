@@ -26,7 +26,7 @@ from PIL import Image
 from benchmarks.run import machine_info
 from model.data import make_scene
 from model.data.synthetic import IGNORE_INDEX, VAL_SEEDS
-from model.evaluate import confusion, mean_iou
+from model.evaluate import class_iou, confusion, mean_iou
 from model.quadtree import block_extrema
 from model.schemes import make_scheme
 from model.weights import load_weights
@@ -67,7 +67,12 @@ def downscaled_prediction(model, image: np.ndarray) -> np.ndarray:
 def measure(weights: Path, scenes: int) -> dict:
     model, card = load_weights(weights)
     classes = card["config"]["num_classes"]
-    result = {"weights": str(weights), "sha256": card["weights_sha256"], "sizes": {}}
+    result = {
+        "weights": str(weights),
+        "sha256": card["weights_sha256"],
+        "classes": card["classes"],
+        "sizes": {},
+    }
     for height, width in SIZES:
         counts = {name: [0, 0] for name in REGIONS}
         native = np.zeros((classes, classes), np.int64)
@@ -86,6 +91,8 @@ def measure(weights: Path, scenes: int) -> dict:
         result["sizes"][f"{height}x{width}"] = {
             "miou_pc": 100 * mean_iou(native),
             "miou_pc_downscaled": 100 * mean_iou(downscaled) if downscaled.any() else None,
+            "class_iou_pc": per_class(native),
+            "class_iou_pc_downscaled": per_class(downscaled) if downscaled.any() else None,
             "regions": {
                 name: {
                     "share_of_pixels": 100 * total / pixels,
@@ -96,6 +103,31 @@ def measure(weights: Path, scenes: int) -> dict:
             },
         }
     return result
+
+
+def per_class(matrix: np.ndarray) -> list[float | None]:
+    """IoU % per class; None for a class neither in the labels nor predicted."""
+    return [None if np.isnan(v) else round(100 * float(v), 2) for v in class_iou(matrix)]
+
+
+def class_table(results: list[dict]) -> list[str]:
+    """IoU per class for each weights and size (and downscaled): which classes the larger
+    size loses."""
+    classes = results[0]["classes"]
+    lines = ["", "IoU % per class, `pc`:", "", "| weights | size | " + " | ".join(classes) + " |"]
+    lines.append("|---|---|" + "---:|" * len(classes))
+    for result in results:
+        for size, row in result["sizes"].items():
+            for name, key in (
+                (size, "class_iou_pc"),
+                (f"{size} downscaled", "class_iou_pc_downscaled"),
+            ):
+                if row.get(key):
+                    cells = ["–" if v is None else f"{v:.1f}" for v in row[key]]
+                    lines.append(
+                        f"| {result['sha256'][:12]} | {name} | " + " | ".join(cells) + " |"
+                    )
+    return lines
 
 
 def report(results: list[dict], machine: dict, scenes: int) -> str:
@@ -119,7 +151,7 @@ def report(results: list[dict], machine: dict, scenes: int) -> str:
                 f"| {result['sha256'][:12]} | {size} | {row['miou_pc']:.2f} | "
                 f"{'–' if down is None else f'{down:.2f}'} | " + " | ".join(cells) + " |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *class_table(results)]) + "\n"
 
 
 def main() -> None:

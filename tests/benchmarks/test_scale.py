@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from benchmarks.scale import errors_by_region, uniform_blocks
+from benchmarks.scale import class_table, errors_by_region, per_class, uniform_blocks
 
 
 def test_uniform_blocks_marks_exactly_the_one_class_blocks():
@@ -26,3 +26,16 @@ def test_errors_are_counted_in_the_region_they_fall_in():
     assert counts["boundary 32×32"][0] == 1
     assert counts["inside 32×32 only"] == [0, 128 * 128 - 32 * 32]
     assert sum(total for _, total in counts.values()) == 256 * 256 - 1
+
+
+def test_per_class_iou_leaves_absent_classes_out_and_the_table_names_them():
+    matrix = np.array([[3, 1, 0], [0, 4, 0], [0, 0, 0]])  # class 2: never labelled nor predicted
+    assert per_class(matrix) == [75.0, 80.0, None]
+    result = {
+        "sha256": "ab" * 32,
+        "classes": ["road", "car", "sky"],
+        "sizes": {"8x8": {"class_iou_pc": per_class(matrix), "class_iou_pc_downscaled": None}},
+    }
+    lines = class_table([result])
+    assert "| road | car | sky |" in lines[3]
+    assert lines[-1] == "| abababababab | 8x8 | 75.0 | 80.0 | – |"
