@@ -143,12 +143,14 @@ class RefinementStage(nn.Module):
         `grid` is the level's padded grid."""
         coords, slot = children_of(parent_coords, in_image)
         if len(coords) == 0:
+            skip.release()
             empty = parent_features.new_zeros((0, self.channels))
             return empty, coords, self.classifier(empty)
         features = self.upsample(parent_features).reshape(-1, self.channels)
         if len(slot) < len(features):
             features = features[slot]
         skip_at_sites = skip.at(coords)
+        skip.release()
         features = features.add_(self.skip(skip_at_sites))
         del skip_at_sites
         features = batch_norm_(self.bn, features).relu_()

@@ -335,13 +335,23 @@ class SkipSource:
     def at(self, coords: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Drops what the source holds: its level has read its sites."""
+
 
 class DenseSkip(SkipSource):
+    """A whole kept map (strides 8 and 16). Released once read, it is freed before its
+    level's convolutions run: at 1024×2048 the stride-8 map's 8 MiB no longer sit under
+    level 2, which set the peak of scenes with many boundaries."""
+
     def __init__(self, features: Tensor):
-        self.features = features
+        self.features: Tensor | None = features
 
     def at(self, coords: Tensor) -> Tensor:
         return self.features[coords[:, 0], :, coords[:, 1], coords[:, 2]]
+
+    def release(self) -> None:
+        self.features = None
 
 
 class PixelSkip(SkipSource):

@@ -296,6 +296,41 @@ def test_tracker_agrees_with_the_analytic_stage_cost_within_10_percent():
         )
 
 
+class KeptSkip(DenseSkip):
+    """A kept map that is never released, as before levels released theirs."""
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_level_frees_its_kept_map_once_read():
+    """At 1024×2048 the stride-8 map (8 MiB) sat under level 2's convolutions and set the
+    peak of scenes with many boundaries; read at the sites, it is no longer needed."""
+    channels, skip_channels, side = 16, 32, 32
+    stage = RefinementStage(channels, skip_channels, channels, 13, 2, "k").eval()
+    parents = torch.stack(
+        [
+            torch.zeros(side * side, dtype=torch.long),
+            torch.arange(side * side) // side,
+            torch.arange(side * side) % side,
+        ],
+        dim=1,
+    )
+    grid = (2 * side, 2 * side)
+    map_bytes = 4 * skip_channels * grid[0] * grid[1]
+    runs = {}
+    for source in (DenseSkip, KeptSkip):
+        generator = torch.Generator().manual_seed(3)
+        with torch.inference_mode(), MemoryProbe() as probe:
+            skip = source(torch.randn(1, skip_channels, *grid, generator=generator))
+            parent_features = torch.randn(side * side, channels, generator=generator)
+            runs[source] = (stage(parent_features, parents, skip, grid, grid, 1), probe)
+            del skip
+    (released, released_probe), (kept, kept_probe) = runs[DenseSkip], runs[KeptSkip]
+    assert all(torch.equal(a, b) for a, b in zip(released, kept, strict=True))
+    assert released_probe.peak_bytes <= kept_probe.peak_bytes - map_bytes // 2
+
+
 def test_same_input_same_result_and_same_peak():
     model = randomised(qgn_tiny(num_classes=4), seed=12)
     image, _ = scene(64, 64, seed=13)
