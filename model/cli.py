@@ -139,6 +139,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--dense-share", type=float, default=0.2, help="share of steps that refine every site"
     )
+    train.add_argument(
+        "--native-share",
+        type=float,
+        default=0.0,
+        help="share of crops cut from scenes as drawn (not resampled), at the base size or half",
+    )
     train.add_argument("--init", default=None, help="start from these weights (fine-tuning)")
     train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--lr", type=float, default=3e-3)

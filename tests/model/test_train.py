@@ -20,6 +20,7 @@ from model.qgn import to_batch
 from model.quadtree import COMPOSITE, IGNORE, dense_to_levels
 from model.schemes import LevelView
 from model.train import (
+    ScenePool,
     TeacherForcing,
     TrainConfig,
     draw_density,
@@ -147,6 +148,48 @@ def test_scale_crop_flip_keeps_labels_and_sizes():
         crop_image, crop_label = random_scale_crop_flip(image, label, config, rng)
         assert crop_image.shape == (64, 96, 3) and crop_label.shape == (64, 96)
         assert set(np.unique(crop_label)) <= {0, 1, 2, 3, IGNORE}
+
+
+def test_native_crops_are_the_scene_as_drawn():
+    """A native crop is a window of the scene's own pixels and labels (flipped or not),
+    never resampled: the model must see scenes as drawn at the sizes it serves."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    label = rng.integers(0, 4, (64, 128), dtype=np.uint8)
+    config = TrainConfig(crop=(32, 64), scale=(0.5, 1.5))
+    windows = {
+        image[top : top + 32, left : left + 64].tobytes(): (top, left)
+        for top in range(33)
+        for left in range(65)
+    }
+    for _ in range(10):
+        crop_image, crop_label = random_scale_crop_flip(image, label, config, rng, native=True)
+        for flip in (False, True):
+            pixels = np.ascontiguousarray(crop_image[:, ::-1] if flip else crop_image)
+            if pixels.tobytes() in windows:
+                top, left = windows[pixels.tobytes()]
+                expected = label[top : top + 32, left : left + 64]
+                assert np.array_equal(crop_label, expected[:, ::-1] if flip else expected)
+                break
+        else:
+            raise AssertionError("a native crop is not a window of the scene")
+    resampled, _ = random_scale_crop_flip(image, label, config, rng)
+    assert not any(
+        np.ascontiguousarray(c).tobytes() in windows for c in (resampled, resampled[:, ::-1])
+    )
+
+
+def test_native_share_cuts_crops_from_half_size_scenes_as_drawn():
+    config = dataclasses.replace(
+        tiny_config(Path("unused"), 1), native_share=1.0, crop=(32, 64), batch_size=8
+    )
+    pool = ScenePool(config, rank=0, world=1)
+    _, labels = pool.batch(1)  # an odd step: no pool refresh, every draw is a half-size scene
+    drawn = [pool.half_size[k][1] for k in range(config.cache_scenes, pool.next_index)]
+    assert drawn and all(scene.shape == (32, 64) for scene in drawn)
+    as_drawn = {bytes(s.tobytes()) for scene in drawn for s in (scene, scene[:, ::-1].copy())}
+    matches = sum(label.numpy().astype(np.uint8).tobytes() in as_drawn for label in labels)
+    assert matches == len(drawn)
 
 
 def test_learning_rate_warms_up_then_decays():
