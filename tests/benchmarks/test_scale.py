@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from benchmarks.scale import class_table, errors_by_region, per_class, uniform_blocks
+from benchmarks.scale import class_table, errors_by_region, per_class, resampled, uniform_blocks
 
 
 def test_uniform_blocks_marks_exactly_the_one_class_blocks():
@@ -39,3 +39,14 @@ def test_per_class_iou_leaves_absent_classes_out_and_the_table_names_them():
     lines = class_table([result])
     assert "| road | car | sky |" in lines[3]
     assert lines[-1] == "| abababababab | 8x8 | 75.0 | 80.0 | – |"
+
+
+def test_resampling_keeps_labels_and_scales_both_sides():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    label = np.zeros((100, 200), np.uint8)
+    label[:, 100:] = 5
+    small_image, small_label = resampled(image, label)
+    assert small_image.shape == (95, 190, 3) and small_label.shape == (95, 190)
+    assert set(np.unique(small_label)) == {0, 5}
+    assert not np.array_equal(small_image, image[:95, :190])
