@@ -113,12 +113,73 @@ def qgn_rows(weights: Path, scenes: int) -> list[dict]:
     return rows
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def setting_name(row: dict) -> str:
     if row["scheme"] == "threshold":
         return f"threshold={row['threshold']:g}"
     if row["scheme"] == "budget":
         return f"budget={row['budget_mb']:g}"
     return row["scheme"]
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 26's targets over one run's rows: per trained peer and size, QGN's best setting
+    at <= 0.25× the peer's peak within a point of the peer; `pc` at 1024×2048 within a point
+    of 512×1024; τ 0.1 within a point of `all` at <= 0.05× its peak, at each size."""
+
+    def size_of(row: dict) -> str:
+        return f"{row['height']}×{row['width']}"
+
+    def scored(row: dict) -> str:
+        return f"{row['setting']} {row['miou']} at {row['peak_bytes'] / MIB:.1f} MiB"
+
+    ours = {(r["setting"], size_of(r)): r for r in rows if r["model"] == "qgn"}
+    found = []
+    for peer in (r for r in rows if r["model"] != "qgn"):
+        cheap = [
+            r
+            for (_, size), r in ours.items()
+            if size == size_of(peer) and r["peak_bytes"] <= 0.25 * peer["peak_bytes"]
+        ]
+        best = max(cheap, key=lambda r: r["miou"], default=None)
+        found.append(
+            {
+                "target": f"QGN within 1 point of {peer['model']} at ≤ 0.25× its peak, "
+                + size_of(peer),
+                "met": best is not None and best["miou"] >= peer["miou"] - 1,
+                "evidence": f"{peer['model']} {scored(peer)}; QGN "
+                + (scored(best) if best else "has no setting that cheap"),
+            }
+        )
+    small, large = (ours.get(("pc", f"{h}×{w}")) for h, w in SIZES)
+    if small and large:
+        found.append(
+            {
+                "target": f"pc at {size_of(large)} within 1 point of {size_of(small)}",
+                "met": large["miou"] >= small["miou"] - 1,
+                "evidence": f"{large['miou']} against {small['miou']}",
+            }
+        )
+    for height, width in SIZES:
+        finest, dense = (
+            ours.get(("threshold=0.1", f"{height}×{width}")),
+            ours.get(("all", f"{height}×{width}")),
+        )
+        if finest and dense:
+            found.append(
+                {
+                    "target": f"τ 0.1 within 1 point of all at ≤ 0.05× its peak, {height}×{width}",
+                    "met": finest["miou"] >= dense["miou"] - 1
+                    and finest["peak_bytes"] <= 0.05 * dense["peak_bytes"],
+                    "evidence": f"{scored(finest)} against {scored(dense)}",
+                }
+            )
+    return found
 
 
 def markdown(report: dict) -> str:
@@ -135,6 +196,10 @@ def markdown(report: dict) -> str:
             f"| {row['model']} | {row['setting']} | {row['height']}×{row['width']} | "
             f"{row['miou']} | {row['peak_bytes'] / MIB:.1f} | {row['latency_s']} |"
         )
+    lines += ["", "| target | | evidence |", "|---|---|---|"]
+    for target in report["targets"]:
+        verdict = "met" if target["met"] else "**missed**"
+        lines.append(f"| {target['target']} | {verdict} | {target['evidence']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -215,11 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": date.today().isoformat(),
         "setup": (
             f"{args.scenes} scenes of the synthetic test split per size, one torch thread, "
-            f"QGN `{args.weights.name}`, peers from `{args.runs}` (a `step N` setting: a "
+            f"QGN `{args.weights.name}`, peers from `{shown(args.runs)}` (a `step N` setting: a "
             "checkpoint still training). Peak: the allocation window, the largest over the "
             "scenes; latency: the median."
         ),
         "rows": rows,
+        "targets": targets(rows),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"accuracy-{report['machine']}-{report['date']}"
