@@ -71,9 +71,9 @@ def resampled(image: np.ndarray, label: np.ndarray, factor: float = 0.95):
     every crop: a model that scores better on it than on the scene as drawn has not learnt
     the pixel statistics of scenes as drawn."""
     height, width = round(image.shape[0] * factor), round(image.shape[1] * factor)
-    return (
-        np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR)),
-        np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST)),
+    return (  # copies: PIL's arrays are read-only
+        np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR)),
+        np.array(Image.fromarray(label).resize((width, height), Image.NEAREST)),
     )
 
 
