@@ -26,7 +26,9 @@ def test_every_file_holds_its_generated_tables():
 def test_a_hand_edited_figure_is_put_back():
     readme = (doc_tables.REPO / "README.md").read_text()
     pc = next(line for line in readme.splitlines() if line.startswith("| `scheme=pc` |"))
-    edited = readme.replace(pc, pc.replace("| 75.3 |", "| 99.9 |"))
+    cells = pc.split("|")
+    cells[2] = " 99.9 "  # pc's mIoU at 512×1024, whatever the card says
+    edited = readme.replace(pc, "|".join(cells))
     assert edited != readme
     assert doc_tables.regenerate(edited) == readme
 
