@@ -185,9 +185,11 @@ def test_what_cannot_finish_in_the_drain_gets_503_before_a_clean_exit(tiny_weigh
     server = RunningServer(tiny_weights, tmp_path / "server.log", QGN_DRAIN_TIMEOUT_S="0.5")
     try:
         results: list = []
-        threads = [post_in_thread(server, scene_image(1024, 1536, seed=1), "scheme=all", results)]
+        # Long enough that the second request is still queued behind it on a busy machine.
+        queued_image = scene_image(96, 160)
+        threads = [post_in_thread(server, scene_image(2048, 2048, seed=1), "scheme=all", results)]
         wait_for_metric(server, "qgn_inflight_requests 1.0")
-        threads.append(post_in_thread(server, scene_image(96, 160), "scheme=pc", results))
+        threads.append(post_in_thread(server, queued_image, "scheme=pc", results))
         wait_for_metric(server, "qgn_queue_depth 1.0")
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
