@@ -29,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from model.data import CLASSES
 from model.scheme_request import MIB
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = ((512, 1024), (1024, 2048))
 PEERS = ("dense-twin", "lraspp")
-NUM_CLASSES = 12
+NUM_CLASSES = len(CLASSES)
 
 
 def peer_weights(peer: str, runs: Path) -> tuple[Path, str] | None:

@@ -116,10 +116,9 @@ def random_scale_crop_flip(
     ignore, and a random horizontal flip."""
     if not native:
         scale = rng.uniform(*config.scale)
-        height = max(1, round(image.shape[0] * scale))
-        width = max(1, round(image.shape[1] * scale))
-        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-        label = np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
     height, width = image.shape[:2]
     crop_h, crop_w = config.crop
     pad_h, pad_w = max(0, crop_h - height), max(0, crop_w - width)
