@@ -37,6 +37,7 @@ class DenseHead(nn.Module):
         num_logits: int,
         depth: int = 1,
         context_dilations: tuple[int, ...] = (),
+        pool_grids: tuple[tuple[int, int], ...] = (),
     ):
         super().__init__()
         self.project = nn.Sequential(
@@ -50,6 +51,7 @@ class DenseHead(nn.Module):
         )
         for block in self.context:
             nn.init.zeros_(block.bn2.weight)
+        self.pyramid = PyramidContext(channels, pool_grids) if pool_grids else None
         self.classifier = nn.Conv2d(channels, num_logits, 1)
 
     def forward(self, inputs: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -60,7 +62,41 @@ class DenseHead(nn.Module):
         x = self.project(inputs.pop())
         for block in (*self.blocks, *self.context):
             x = block(x)
+        if self.pyramid is not None:
+            x = self.pyramid(x)
         return x, self.classifier(x)
+
+
+class PyramidContext(nn.Module):
+    """Whole-image context for the dense head (PSPNet's pyramid pooling): the stride-32 map
+    averaged over grids of bins that are a fixed share of the image, reduced, brought back to
+    the map's size and added to it. A large region is then read with the same share of the
+    image around it at 1024×2048 as at 512×1024, where dilated blocks see half as much of it.
+    The sum starts as the identity (its last convolution is zero), so weights trained without
+    it load and predict unchanged; the maps it adds are a quarter of the channels per grid, at
+    stride 32."""
+
+    def __init__(self, channels: int, grids: tuple[tuple[int, int], ...]):
+        super().__init__()
+        self.grids = [tuple(grid) for grid in grids]
+        reduced = max(1, channels // 4)
+        self.reduce = nn.ModuleList(nn.Conv2d(channels, reduced, 1) for _ in self.grids)
+        self.merge = nn.Conv2d(reduced * len(self.grids), channels, 1)
+        nn.init.zeros_(self.merge.weight)
+        nn.init.zeros_(self.merge.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        pooled = [
+            nn.functional.interpolate(
+                reduce(nn.functional.adaptive_avg_pool2d(x, grid)).relu_(),
+                size=size,
+                mode="bilinear",
+                align_corners=False,
+            )
+            for grid, reduce in zip(self.grids, self.reduce, strict=True)
+        ]
+        return self.merge(torch.cat(pooled, dim=1)).add_(x)
 
 
 def batch_norm_(norm: nn.BatchNorm1d, x: Tensor) -> Tensor:

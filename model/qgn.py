@@ -41,6 +41,9 @@ class QGNConfig:
     decoder_depths: tuple[int, ...] = (1, 1, 1, 1, 1, 1)
     # Dilations of the dense head's context blocks (`DenseHead`); none in older cards.
     head_dilations: tuple[int, ...] = ()
+    # (rows, cols) grids of the dense head's pyramid pooling (`PyramidContext`); none in
+    # older cards.
+    head_pool_grids: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -53,7 +56,10 @@ class QGNConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> QGNConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        def frozen(value):
+            return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+        return cls(**{k: frozen(v) for k, v in data.items()})
 
 
 @dataclass
@@ -159,7 +165,12 @@ class QGN(nn.Module):
         self.encoder = ResNetEncoder(config.encoder_widths, config.encoder_depths)
         widths, depths = config.decoder_widths, config.decoder_depths
         self.head = DenseHead(
-            config.encoder_widths[-1], widths[0], self.num_logits, depths[0], config.head_dilations
+            config.encoder_widths[-1],
+            widths[0],
+            self.num_logits,
+            depths[0],
+            config.head_dilations,
+            config.head_pool_grids,
         )
         # Level l's skip: encoder stride 32 / 2^l; level 5 (stride 1) reads the image itself.
         skip_channels = [*config.encoder_widths[3::-1], 3]

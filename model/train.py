@@ -55,6 +55,9 @@ class TrainConfig:
     # synthetic data) from scenes drawn at half the base size. Trained on resampled scenes
     # only, the model scored 3 points less on scenes as drawn at either served size.
     native_share: float = 0.0
+    # Whole scenes instead of crops (batch 1: their sizes differ): the dense head's pyramid
+    # pooling then learns from the whole image it sees when served, not a quarter of it.
+    whole_scenes: bool = False
     init: str | None = None  # start from these weights (a .safetensors with its card)
     cache_scenes: int = 128
     refresh_every: int = 2  # steps per freshly drawn scene (a 1024×2048 scene takes ~1.4 s)
@@ -113,12 +116,16 @@ def random_scale_crop_flip(
     native: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random scale (bilinear image, nearest label) unless `native`, random crop padded with
-    ignore, and a random horizontal flip."""
+    ignore (the whole scene under `whole_scenes`), and a random horizontal flip."""
     if not native:
         scale = rng.uniform(*config.scale)
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    if config.whole_scenes:
+        if rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(label)
     height, width = image.shape[:2]
     crop_h, crop_w = config.crop
     pad_h, pad_w = max(0, crop_h - height), max(0, crop_w - width)
@@ -229,26 +236,28 @@ def _distributed() -> tuple[int, int]:
 
 
 def start_from_weights(model: QGN, path: Path, device: torch.device) -> list[str]:
-    """Loads `path` into `model`, which may add context blocks to the dense head (they start
-    as the identity, see `DenseHead`); anything else missing or left over is an error.
-    Returns the added blocks' names."""
+    """Loads `path` into `model`, which may add context blocks or pyramid pooling to the
+    dense head (they start as the identity, see `DenseHead`); anything else missing or left
+    over is an error. Returns the added parts' names."""
     start_from, _ = load_weights(path, device, fold_batchnorms=False)
     try:
         missing, unexpected = model.load_state_dict(start_from.state_dict(), strict=False)
     except RuntimeError as error:  # tensors of other shapes
         raise ValueError(f"--init {path} does not fit the model: {error}") from error
-    added = [key for key in missing if key.startswith("head.context.")]
+    added = [key for key in missing if key.startswith(("head.context.", "head.pyramid."))]
     if unexpected or len(added) != len(missing):
         raise ValueError(
             f"--init {path} does not fit the model: missing {sorted(set(missing) - set(added))}, "
             f"unexpected {unexpected}"
         )
-    return sorted({".".join(key.split(".")[:3]) for key in added})
+    return sorted({".".join(key.split(".")[: 3 if ".context." in key else 2]) for key in added})
 
 
 def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path | None:
     """Trains, checkpoints every `checkpoint_every` steps, and writes the final weights and
     model card (rank 0). Returns the weights path on rank 0."""
+    if config.whole_scenes and config.batch_size != 1:
+        raise ValueError("whole scenes differ in size: train them with a batch size of 1")
     rank, world = _distributed()
     torch.manual_seed(config.seed)
     device = torch.device(

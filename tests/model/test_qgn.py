@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -120,6 +121,34 @@ def test_context_blocks_start_as_the_identity_and_widen_what_level_0_sees():
             a = model(to_batch(image), All()).levels[0].logits[0]
             b = model(to_batch(changed), All()).levels[0].logits[0]
         assert (not torch.allclose(a, b)) == sees
+
+
+def test_pyramid_pooling_starts_as_the_identity_and_lets_level_0_see_the_whole_image():
+    pooled_config = dataclasses.replace(TINY_WITH_CONTEXT, head_pool_grids=((1, 2), (2, 4)))
+    plain = randomised(QGN(TINY_WITH_CONTEXT), seed=4)
+    pooled = QGN(pooled_config).eval()
+    missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("head.pyramid.") for k in missing)
+    image, _ = scene(256, 512, seed=5)
+    with torch.inference_mode():
+        for a, b in zip(
+            plain(to_batch(image), All()).levels, pooled(to_batch(image), All()).levels, strict=True
+        ):
+            assert torch.equal(a.logits, b.logits)
+    # Once trained (here: random), the top-left site sees a change 14 cells away (448
+    # pixels), beyond the dilated blocks' reach, with the pyramid and not without it.
+    for parameter in pooled.head.pyramid.parameters():
+        torch.nn.init.normal_(parameter, std=0.5, generator=torch.Generator().manual_seed(7))
+    changed = image.clone()
+    changed[224:, 448:] = 255 - changed[224:, 448:]
+    for model, sees in ((plain, False), (pooled, True)):
+        with torch.inference_mode():
+            a = model(to_batch(image), All()).levels[0].logits[0]
+            b = model(to_batch(changed), All()).levels[0].logits[0]
+        assert (not torch.allclose(a, b)) == sees
+    # The card keeps the grids as JSON lists; the config reads them back as tuples.
+    as_json = json.loads(json.dumps(pooled_config.to_dict()))
+    assert QGNConfig.from_dict(as_json) == pooled_config
 
 
 def test_the_dense_head_frees_its_input_and_each_blocks_input():

@@ -87,12 +87,14 @@ def test_train_writes_loadable_weights_and_resumes(tmp_path):
         train(tiny_config(tmp_path / "empty", steps=1), resume=True)
 
 
-def test_fine_tuning_adds_context_blocks_to_weights_trained_without_them(tmp_path):
+def test_fine_tuning_adds_context_to_weights_trained_without_it(tmp_path):
     weights = train(tiny_config(tmp_path / "plain", steps=1))
     plain, _ = load_weights(weights, fold_batchnorms=False)
-    widened = Network(dataclasses.replace(plain.config, head_dilations=(2,)))
+    widened = Network(
+        dataclasses.replace(plain.config, head_dilations=(2,), head_pool_grids=((1, 2), (2, 4)))
+    )
     added = start_from_weights(widened, weights, torch.device("cpu"))
-    assert added == ["head.context.0"]
+    assert added == ["head.context.0", "head.pyramid"]
     for name, tensor in plain.state_dict().items():
         assert torch.equal(widened.state_dict()[name], tensor), name
     wider = Network(dataclasses.replace(plain.config, decoder_widths=(16, 16, 8, 8, 8, 16)))
@@ -190,6 +192,23 @@ def test_native_share_cuts_crops_from_half_size_scenes_as_drawn():
     as_drawn = {bytes(s.tobytes()) for scene in drawn for s in (scene, scene[:, ::-1].copy())}
     matches = sum(label.numpy().astype(np.uint8).tobytes() in as_drawn for label in labels)
     assert matches == len(drawn)
+
+
+def test_whole_scenes_are_scaled_or_as_drawn_never_cropped():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    label = rng.integers(0, 4, (64, 128), dtype=np.uint8)
+    config = TrainConfig(crop=(32, 64), scale=(0.5, 0.75), whole_scenes=True, batch_size=1)
+    for _ in range(10):
+        scaled, scaled_label = random_scale_crop_flip(image, label, config, rng)
+        assert 32 <= scaled.shape[0] <= 48 and scaled.shape[:2] == scaled_label.shape
+        assert abs(scaled.shape[1] - 2 * scaled.shape[0]) <= 1  # the whole scene, not a window
+        drawn, drawn_label = random_scale_crop_flip(image, label, config, rng, native=True)
+        flipped = not np.array_equal(drawn, image)
+        assert np.array_equal(drawn, image[:, ::-1] if flipped else image)
+        assert np.array_equal(drawn_label, label[:, ::-1] if flipped else label)
+    with pytest.raises(ValueError, match="batch size of 1"):
+        train(dataclasses.replace(config, batch_size=2))
 
 
 def test_learning_rate_warms_up_then_decays():
