@@ -50,11 +50,14 @@ NUM_CLASSES = len(CLASSES)
 
 
 def qgn_training_pixels(card: dict) -> int:
-    """Pixels a QGN's weights trained on over their whole chain of runs: each run's steps ×
-    batch × crop, following `training.initialised_from` back to the first run."""
+    """Pixels a QGN's weights trained on over their whole chain of runs, following
+    `training.initialised_from` back to the first run: each run's counted `pixels`, or for
+    runs before the count, steps × batch × crop."""
     total, run = 0, card["training"]
     while run:
-        total += run["steps"] * run["batch_size"] * run["crop"][0] * run["crop"][1]
+        counted = run.get("pixels")
+        crops = run["steps"] * run["batch_size"] * run["crop"][0] * run["crop"][1]
+        total += crops if counted is None else counted
         run = run.get("initialised_from")
     return total
 

@@ -273,7 +273,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    step, elapsed = 0, 0.0
+    step, elapsed, pixels = 0, 0.0, 0
     checkpoint = out / "checkpoint.pt"
     if config.init and not resume:
         added = start_from_weights(model, Path(config.init), device)
@@ -288,6 +288,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        pixels = int(state.get("pixels", 0))
         if rank == 0:
             _log(f"resumed from {checkpoint} at step {step}")
     pool = ScenePool(config, rank, world)
@@ -299,6 +300,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
     while step < config.steps:
         images, labels = pool.batch(step)
         images = images.to(device)
+        pixels += world * images.shape[0] * images.shape[2] * images.shape[3]
         targets = [
             torch.stack(t).to(device)
             for t in zip(*(dense_to_levels(lbl, prune=False) for lbl in labels), strict=True)
@@ -332,6 +334,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "elapsed_s": time.perf_counter() - start,
+                "pixels": pixels,
                 "config": json.dumps(asdict(config)),
             }
             torch.save(state, out / "checkpoint.tmp")
@@ -341,11 +344,11 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
             dist.broadcast(buffer, src=0)
     model.eval()
     if os.environ.get("QGN_DUMP_RANK_WEIGHTS"):
-        save_weights(model, out / f"rank{rank}.safetensors", _card(config, 0.0, command))
+        save_weights(model, out / f"rank{rank}.safetensors", _card(config, 0.0, command, pixels))
     weights = None
     if rank == 0:
         weights = Path(config.weights or out / "qgn.safetensors")
-        save_weights(model, weights, _card(config, time.perf_counter() - start, command))
+        save_weights(model, weights, _card(config, time.perf_counter() - start, command, pixels))
         _log(f"wrote {weights} and {weights.with_suffix('.json')}")
     if world > 1:
         dist.barrier()
@@ -353,7 +356,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
     return weights
 
 
-def _card(config: TrainConfig, seconds: float, command: str) -> dict:
+def _card(config: TrainConfig, seconds: float, command: str, pixels: int) -> dict:
     return {
         "name": "qgn-serve",
         "version": "0.1.0",
@@ -365,6 +368,7 @@ def _card(config: TrainConfig, seconds: float, command: str) -> dict:
             **asdict(config),
             "command": command,
             "wall_time_s": round(seconds, 1),
+            "pixels": pixels,  # trained on, all processes together (crops or whole scenes)
             "machine": f"{os.cpu_count()} CPU cores"
             + (", CUDA" if torch.cuda.is_available() else ""),
             "torch": torch.__version__,

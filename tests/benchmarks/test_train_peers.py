@@ -11,6 +11,15 @@ def test_training_pixels_add_up_every_run_of_the_chain():
         "training": {"steps": 1, "batch_size": 1, "crop": [768, 1536], "initialised_from": second}
     }
     assert qgn_training_pixels(card) == 10 * 8 * 256 * 512 + 3 * 2 * 512 * 1024 + 768 * 1536
+    # A run that counted its pixels (whole scenes differ in size) is taken at its count.
+    whole = {
+        "steps": 2,
+        "batch_size": 1,
+        "crop": [8, 8],
+        "pixels": 12345,
+        "initialised_from": card["training"],
+    }
+    assert qgn_training_pixels({"training": whole}) == qgn_training_pixels(card) + 12345
 
 
 def test_the_shipped_weights_chain_is_read_to_its_first_run():

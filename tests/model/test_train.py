@@ -72,11 +72,13 @@ def test_train_writes_loadable_weights_and_resumes(tmp_path):
     weights = train(tiny_config(tmp_path, steps=3), command="test")
     model, card = load_weights(weights)
     assert card["classes"] == list(CLASSES) and card["training"]["steps"] == 3
+    assert card["training"]["pixels"] == 3 * 2 * 64 * 128  # steps × batch × crop
     assert card["training"]["command"] == "test" and card["dataset"] == "synthetic"
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 3
     train(tiny_config(tmp_path, steps=5), resume=True)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 5
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 5 and state["pixels"] == 5 * 2 * 64 * 128  # counted across resumes
     resumed, _ = load_weights(weights)
     changed = any(
         not torch.equal(a, b)
