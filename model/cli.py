@@ -146,9 +146,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="share of crops cut from scenes as drawn (not resampled), at the base size or half",
     )
     train.add_argument(
-        "--whole-scenes",
-        action="store_true",
-        help="train on whole scenes (scaled or as drawn), not crops; needs --batch-size 1",
+        "--whole-share",
+        type=float,
+        default=0.0,
+        help="share of steps that take one whole scene (scaled or as drawn) instead of crops",
     )
     train.add_argument("--init", default=None, help="start from these weights (fine-tuning)")
     train.add_argument("--log-every", type=int, default=10)

@@ -55,9 +55,10 @@ class TrainConfig:
     # synthetic data) from scenes drawn at half the base size. Trained on resampled scenes
     # only, the model scored 3 points less on scenes as drawn at either served size.
     native_share: float = 0.0
-    # Whole scenes instead of crops (batch 1: their sizes differ): the dense head's pyramid
-    # pooling then learns from the whole image it sees when served, not a quarter of it.
-    whole_scenes: bool = False
+    # The share of steps that take one whole scene instead of `batch_size` crops (whole
+    # scenes differ in size): the dense head's pyramid pooling then learns from the whole
+    # image it sees when served, not a quarter of it.
+    whole_share: float = 0.0
     init: str | None = None  # start from these weights (a .safetensors with its card)
     cache_scenes: int = 128
     refresh_every: int = 2  # steps per freshly drawn scene (a 1024×2048 scene takes ~1.4 s)
@@ -114,15 +115,16 @@ def random_scale_crop_flip(
     config: TrainConfig,
     rng: np.random.Generator,
     native: bool = False,
+    whole: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random scale (bilinear image, nearest label) unless `native`, random crop padded with
-    ignore (the whole scene under `whole_scenes`), and a random horizontal flip."""
+    ignore unless `whole`, and a random horizontal flip."""
     if not native:
         scale = rng.uniform(*config.scale)
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
-    if config.whole_scenes:
+    if whole:
         if rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
@@ -179,18 +181,16 @@ class ScenePool:
         return self.dataset[index]
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        # Whole or cropped is decided per step alike on every process (the same seed and
+        # step), so that data-parallel processes run the same kind of step.
+        whole = np.random.default_rng([self.config.seed, step]).random() < self.config.whole_share
+        count = 1 if whole else self.config.batch_size
         if self.synthetic:
             if step % self.config.refresh_every == 0:
                 self.pool[int(self.rng.integers(len(self.pool)))] = self._fresh()
-            picks = [
-                self.pool[int(self.rng.integers(len(self.pool)))]
-                for _ in range(self.config.batch_size)
-            ]
+            picks = [self.pool[int(self.rng.integers(len(self.pool)))] for _ in range(count)]
         else:
-            picks = [
-                self.dataset[int(self.rng.integers(len(self.dataset)))]
-                for _ in range(self.config.batch_size)
-            ]
+            picks = [self.dataset[int(self.rng.integers(len(self.dataset)))] for _ in range(count)]
         crops = []
         for image, label in picks:
             native = self.config.native_share > 0 and self.rng.random() < self.config.native_share
@@ -198,7 +198,9 @@ class ScenePool:
                 index = self.next_index % len(self.half_size)
                 self.next_index += self.stride
                 image, label = self.half_size[index]
-            crops.append(random_scale_crop_flip(image, label, self.config, self.rng, native))
+            crops.append(
+                random_scale_crop_flip(image, label, self.config, self.rng, native, whole)
+            )
         images = torch.cat([to_batch(image) for image, _ in crops])
         labels = torch.stack([torch.from_numpy(label.astype(np.int64)) for _, label in crops])
         return images, labels
@@ -226,6 +228,14 @@ def pixel_accuracy(model_output, labels: Tensor) -> tuple[int, int]:
         correct += int((mask[valid] == labels[b][valid]).sum())
         scored += int(valid.sum())
     return correct, scored
+
+
+def count_pixels(images: Tensor, world: int) -> int:
+    """The pixels of one step, over every process (their whole scenes differ in size)."""
+    count = torch.tensor(images.shape[0] * images.shape[2] * images.shape[3], device=images.device)
+    if world > 1:
+        dist.all_reduce(count)
+    return int(count)
 
 
 def _distributed() -> tuple[int, int]:
@@ -256,8 +266,6 @@ def start_from_weights(model: QGN, path: Path, device: torch.device) -> list[str
 def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path | None:
     """Trains, checkpoints every `checkpoint_every` steps, and writes the final weights and
     model card (rank 0). Returns the weights path on rank 0."""
-    if config.whole_scenes and config.batch_size != 1:
-        raise ValueError("whole scenes differ in size: train them with a batch size of 1")
     rank, world = _distributed()
     torch.manual_seed(config.seed)
     device = torch.device(
@@ -300,7 +308,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "") -> Path 
     while step < config.steps:
         images, labels = pool.batch(step)
         images = images.to(device)
-        pixels += world * images.shape[0] * images.shape[2] * images.shape[3]
+        pixels += count_pixels(images, world)
         targets = [
             torch.stack(t).to(device)
             for t in zip(*(dense_to_levels(lbl, prune=False) for lbl in labels), strict=True)

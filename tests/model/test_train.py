@@ -200,17 +200,29 @@ def test_whole_scenes_are_scaled_or_as_drawn_never_cropped():
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
     label = rng.integers(0, 4, (64, 128), dtype=np.uint8)
-    config = TrainConfig(crop=(32, 64), scale=(0.5, 0.75), whole_scenes=True, batch_size=1)
+    config = TrainConfig(crop=(32, 64), scale=(0.5, 0.75))
     for _ in range(10):
-        scaled, scaled_label = random_scale_crop_flip(image, label, config, rng)
+        scaled, scaled_label = random_scale_crop_flip(image, label, config, rng, whole=True)
         assert 32 <= scaled.shape[0] <= 48 and scaled.shape[:2] == scaled_label.shape
         assert abs(scaled.shape[1] - 2 * scaled.shape[0]) <= 1  # the whole scene, not a window
-        drawn, drawn_label = random_scale_crop_flip(image, label, config, rng, native=True)
+        drawn, drawn_label = random_scale_crop_flip(image, label, config, rng, True, True)
         flipped = not np.array_equal(drawn, image)
         assert np.array_equal(drawn, image[:, ::-1] if flipped else image)
         assert np.array_equal(drawn_label, label[:, ::-1] if flipped else label)
-    with pytest.raises(ValueError, match="batch size of 1"):
-        train(dataclasses.replace(config, batch_size=2))
+
+
+def test_whole_share_is_the_share_of_steps_that_take_one_whole_scene():
+    config = dataclasses.replace(
+        tiny_config(Path("unused"), 1), crop=(32, 64), scale=(0.75, 0.75), whole_share=0.5
+    )
+    pool = ScenePool(config, rank=0, world=1)
+    shapes = [tuple(pool.batch(step)[0].shape) for step in range(40)]
+    whole, cropped = (1, 3, 48, 96), (config.batch_size, 3, 32, 64)
+    assert set(shapes) == {whole, cropped}
+    assert 10 <= shapes.count(whole) <= 30
+    # ...decided by the step alone, as every data-parallel process decides it.
+    other = ScenePool(dataclasses.replace(config, seed=config.seed), rank=1, world=2)
+    assert [tuple(other.batch(step)[0].shape)[0] for step in range(40)] == [s[0] for s in shapes]
 
 
 def test_learning_rate_warms_up_then_decays():
