@@ -198,9 +198,7 @@ class ScenePool:
                 index = self.next_index % len(self.half_size)
                 self.next_index += self.stride
                 image, label = self.half_size[index]
-            crops.append(
-                random_scale_crop_flip(image, label, self.config, self.rng, native, whole)
-            )
+            crops.append(random_scale_crop_flip(image, label, self.config, self.rng, native, whole))
         images = torch.cat([to_batch(image) for image, _ in crops])
         labels = torch.stack([torch.from_numpy(label.astype(np.int64)) for _, label in crops])
         return images, labels
