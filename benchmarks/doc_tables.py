@@ -59,8 +59,11 @@ def schemes_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def card_table(size: str) -> str:
-    table = card()["evaluation"]["tables"][size]
+def card_table(size: str, previous: bool = False) -> str:
+    """The card's evaluation at `size`; with `previous`, the weights before's (the History)."""
+    source = card()
+    evaluation = source["previous_evaluations"][0] if previous else source["evaluation"]
+    table = evaluation["tables"][size]
     lines = [
         f"{size.replace('x', '×')}, {table['images']} scenes:",
         "",
@@ -105,6 +108,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "card-512x1024": lambda: card_table("512x1024"),
     "card-1024x2048": lambda: card_table("1024x2048"),
     "card-targets": card_targets,
+    "card-previous-512x1024": lambda: card_table("512x1024", previous=True),
+    "card-previous-1024x2048": lambda: card_table("1024x2048", previous=True),
     "errors": errors_table,
 }
 

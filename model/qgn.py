@@ -351,7 +351,13 @@ def qgn_tiny(num_classes: int = 12) -> QGN:
 
 def qgn_small(num_classes: int = 12) -> QGN:
     """The served model: small enough to train on a 2-core CPU."""
-    return QGN(QGNConfig(num_classes=num_classes, head_dilations=(2, 4)))
+    return QGN(
+        QGNConfig(
+            num_classes=num_classes,
+            head_dilations=(2, 4),
+            head_pool_grids=((1, 2), (2, 4), (4, 8)),
+        )
+    )
 
 
 MODELS = {"qgn_tiny": qgn_tiny, "qgn_small": qgn_small}
