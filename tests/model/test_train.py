@@ -143,10 +143,15 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path):
     assert "step 3/3" in run.stderr
 
 
+def noise_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random pixels and labels of 4 classes: every window and every resampling differs."""
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return image, rng.integers(0, 4, (height, width), dtype=np.uint8)
+
+
 def test_scale_crop_flip_keeps_labels_and_sizes():
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    label = rng.integers(0, 4, (50, 70), dtype=np.uint8)
+    image, label = noise_scene(rng, 50, 70)
     config = TrainConfig(crop=(64, 96), scale=(0.5, 1.5))
     for _ in range(10):
         crop_image, crop_label = random_scale_crop_flip(image, label, config, rng)
@@ -158,8 +163,7 @@ def test_native_crops_are_the_scene_as_drawn():
     """A native crop is a window of the scene's own pixels and labels (flipped or not),
     never resampled: the model must see scenes as drawn at the sizes it serves."""
     rng = np.random.default_rng(1)
-    image = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
-    label = rng.integers(0, 4, (64, 128), dtype=np.uint8)
+    image, label = noise_scene(rng, 64, 128)
     config = TrainConfig(crop=(32, 64), scale=(0.5, 1.5))
     windows = {
         image[top : top + 32, left : left + 64].tobytes(): (top, left)
@@ -198,8 +202,7 @@ def test_native_share_cuts_crops_from_half_size_scenes_as_drawn():
 
 def test_whole_scenes_are_scaled_or_as_drawn_never_cropped():
     rng = np.random.default_rng(2)
-    image = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
-    label = rng.integers(0, 4, (64, 128), dtype=np.uint8)
+    image, label = noise_scene(rng, 64, 128)
     config = TrainConfig(crop=(32, 64), scale=(0.5, 0.75))
     for _ in range(10):
         scaled, scaled_label = random_scale_crop_flip(image, label, config, rng, whole=True)
