@@ -129,6 +129,10 @@ def run_container(image: str, name: str, *options: str) -> Iterator[Container]:
         port = docker("port", name, "8000/tcp").splitlines()[0].rsplit(":", 1)[1]
         wait_healthy(name)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
+            # Healthy is alive; requests are taken once the warm-up is done (/readyz).
+            deadline = time.monotonic() + 180
+            while http.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
             yield Container(name, f"http://127.0.0.1:{port}", http)
     finally:
         docker("rm", "-f", name, check=False)
