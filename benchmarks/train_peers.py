@@ -55,9 +55,10 @@ def qgn_training_pixels(card: dict) -> int:
     runs before the count, steps × batch × crop."""
     total, run = 0, card["training"]
     while run:
-        counted = run.get("pixels")
-        crops = run["steps"] * run["batch_size"] * run["crop"][0] * run["crop"][1]
-        total += crops if counted is None else counted
+        if "pixels" in run:
+            total += run["pixels"]
+        else:
+            total += run["steps"] * run["batch_size"] * run["crop"][0] * run["crop"][1]
         run = run.get("initialised_from")
     return total
 

@@ -124,23 +124,26 @@ def random_scale_crop_flip(
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
         label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
-    if whole:
-        if rng.random() < 0.5:
-            image, label = image[:, ::-1], label[:, ::-1]
-        return np.ascontiguousarray(image), np.ascontiguousarray(label)
-    height, width = image.shape[:2]
-    crop_h, crop_w = config.crop
-    pad_h, pad_w = max(0, crop_h - height), max(0, crop_w - width)
+    if not whole:
+        image, label = _padded_crop(image, label, config.crop, rng)
+    if rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+def _padded_crop(
+    image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random `crop`-sized window, the scene padded with ignore where it is smaller."""
+    crop_h, crop_w = crop
+    pad_h, pad_w = max(0, crop_h - image.shape[0]), max(0, crop_w - image.shape[1])
     if pad_h or pad_w:
         image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
         label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE)
     top = int(rng.integers(0, image.shape[0] - crop_h + 1))
     left = int(rng.integers(0, image.shape[1] - crop_w + 1))
-    image = image[top : top + crop_h, left : left + crop_w]
-    label = label[top : top + crop_h, left : left + crop_w]
-    if rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+    window = (slice(top, top + crop_h), slice(left, left + crop_w))
+    return image[window], label[window]
 
 
 class ScenePool:
@@ -183,7 +186,8 @@ class ScenePool:
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         # Whole or cropped is decided per step alike on every process (the same seed and
         # step), so that data-parallel processes run the same kind of step.
-        whole = np.random.default_rng([self.config.seed, step]).random() < self.config.whole_share
+        share = self.config.whole_share
+        whole = share > 0 and np.random.default_rng([self.config.seed, step]).random() < share
         count = 1 if whole else self.config.batch_size
         if self.synthetic:
             if step % self.config.refresh_every == 0:
