@@ -2,11 +2,11 @@
 
 The decoder's peak is the peak of its costliest stage, and a stage's peak is linear in its
 active sites. For the CPU path the terms are known exactly (`analytic`): inside a sparse
-residual block five (N, D) float tensors live at once (the block input, the first
-convolution's output, the second's output, and one offset's gathered inputs and product),
-plus the rulebook (9 int32 input/output index pairs per site, one offset widened to int64
-while in use) and the coordinates (3 int64 + 3 int32). A fixed cost per stage covers the
-filter copies.
+residual block three (N, D) float tensors live at once (the block input, the first
+convolution's output and the second's), plus the rulebook (9 int32 input/output index pairs
+per site) and the coordinates (3 int64 + 3 int32). A fixed cost per stage covers the filter
+copies and one chunk of an offset's gathered inputs, their product and their int64 indices
+(`model.sparse.gather_chunk_bytes`).
 
 Before the decoder, each phase is bounded on its own by fixed + per padded pixel + per padded
 column bytes (`Linear`): the streamed encoder (its bands follow the columns), the whole-map
@@ -29,9 +29,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from model.regions import PIXEL_BAND_ROWS, recomputes
+from model.sparse import gather_chunk_bytes
 
-# spconv's int32 pairs, plus one offset's pairs widened to int64 while it is applied.
-RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
+# spconv's int32 pairs.
+RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4
 # On the CPU spconv builds a level's rulebook with a hash table of its own, outside torch's
 # allocators (the window never sees it): 20-44 bytes a site measured as RSS from 90 000 to
 # 4 000 000 sites. Calibrated CPU costs carry it on top of what they measure, so that a
@@ -39,7 +40,7 @@ RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4 + 2 * 8
 SPCONV_HASH_BYTES_PER_SITE = 48
 COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
 FLOAT_BYTES = 4
-LIVE_TENSORS_PER_SITE = 5
+LIVE_TENSORS_PER_SITE = 3
 # What a request may rely on (served by `/v1/model`; tests/model/test_memory_promise.py and
 # tests/server/test_memory_promise.py check it over random and thin shapes).
 MEMORY_GUARANTEE = {
@@ -156,7 +157,11 @@ class MemoryCost:
             sum(site_terms(decoder_widths, level)) + RULEBOOK_BYTES_PER_SITE + COORD_BYTES_PER_SITE
             for level in range(len(decoder_widths))
         ]
-        stage_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
+        filter_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
+        stage_bytes = [
+            filters + gather_chunk_bytes(width, width)
+            for filters, width in zip(filter_bytes, decoder_widths, strict=True)
+        ]
         deepest = FLOAT_BYTES * encoder_widths[4] / 1024  # the stride-32 map, per pixel
         band = band_bytes_per_column(encoder_widths)
         held = held_bytes_per_pixel(encoder_widths)
@@ -167,7 +172,7 @@ class MemoryCost:
             stream_bytes=(0.0, deepest, band),
             held_stream_bytes=(0.0, stride8, band),
             held_stages_bytes=(0.0, held + 2 * deepest, 0.0),
-            head_bytes=(stage_bytes[0], 3 * FLOAT_BYTES * decoder_widths[0] / 1024, 0.0),
+            head_bytes=(filter_bytes[0], 3 * FLOAT_BYTES * decoder_widths[0] / 1024, 0.0),
             held_bytes_per_pixel=held,
             decoder_widths=tuple(decoder_widths),
             recompute_bytes=tuple(recompute_bytes),

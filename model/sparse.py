@@ -27,6 +27,21 @@ from torch import Tensor, nn
 
 from model import cancellation
 
+# An offset's gathered inputs and their product are taken this many bytes at a time: whole,
+# they were two more (sites, channels) tensors at a level's peak (they set pc's peak at
+# 512×1024); in chunks they are a fixed cost, and the sums are the same.
+GATHER_CHUNK_BYTES = 1 << 18
+
+
+def gather_chunk_rows(in_channels: int, out_channels: int) -> int:
+    return GATHER_CHUNK_BYTES // (4 * max(in_channels, out_channels))
+
+
+def gather_chunk_bytes(in_channels: int, out_channels: int) -> int:
+    """The most one chunk holds at once on the CPU: its gathered inputs, their product and
+    their indices widened to int64."""
+    return gather_chunk_rows(in_channels, out_channels) * (4 * (in_channels + out_channels) + 16)
+
 
 def _current_stream() -> int:
     """spconv's stream lookup, safe on a CPU-only torch (stream 0 = no stream)."""
@@ -131,12 +146,15 @@ class SubmanifoldConv2d(nn.Module):
         weight = self.conv.weight.reshape(self.out_channels, 9, self.in_channels)
         out = features @ weight[:, 4].t()
         offsets = [k for k in range(9) if k != 4]
+        rows = gather_chunk_rows(self.in_channels, self.out_channels)
         for k, (inputs, outputs) in zip(offsets, sites.rulebook(), strict=True):
             cancellation.check()  # an offset of a level of millions of sites takes a second
-            if len(inputs):
-                contribution = features[inputs.long()] @ weight[:, k].t()
-                out = out.index_add_(0, outputs.long(), contribution)
-                del contribution
+            for start in range(0, len(inputs), rows):
+                gathered = features[inputs[start : start + rows].long()]
+                out = out.index_add_(
+                    0, outputs[start : start + rows].long(), gathered @ weight[:, k].t()
+                )
+                del gathered
         if self.conv.bias is not None:
             out = out + self.conv.bias
         return out

@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from model.sparse import ActiveSites, SubmanifoldConv2d, _current_stream
+from model import sparse
+from model.memory import MemoryProbe
+from model.sparse import ActiveSites, SubmanifoldConv2d, _current_stream, gather_chunk_bytes
 
 
 def _random_sites(height=13, width=17, density=0.45, seed=0):
@@ -40,6 +42,38 @@ def test_submanifold_conv_equals_dense_conv_forward_and_backward_on_cpu():
     torch.testing.assert_close(
         conv.conv.weight.grad.permute(0, 3, 1, 2), weight.grad, atol=1e-4, rtol=1e-4
     )
+
+
+def test_an_offset_taken_in_chunks_gives_the_same_result_forward_and_backward(monkeypatch):
+    """Chunks of 5 rows against one chunk per offset: the same sums in the same order (a
+    matrix product of fewer rows may round its last bit differently)."""
+    torch.manual_seed(0)
+    coords, _ = _random_sites(40, 50)
+    conv = SubmanifoldConv2d(8, 16, "k", bias=True)
+    results = []
+    for chunk_bytes in (4 * 16 * 5, 1 << 30):
+        monkeypatch.setattr(sparse, "GATHER_CHUNK_BYTES", chunk_bytes)
+        features = torch.randn(len(coords), 8, generator=torch.Generator().manual_seed(1))
+        features.requires_grad_()
+        out = conv(features, ActiveSites(coords, (40, 50), 1, "k"))
+        out.square().sum().backward()
+        results.append((out.detach(), features.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-6)
+
+
+def test_a_convolution_holds_its_output_and_one_chunk_not_the_whole_gather():
+    """What model.cost counts for a convolution beyond its input: the output, one chunk."""
+    channels, side = 32, 128
+    coords, _ = _random_sites(side, side, density=1.0)
+    conv = SubmanifoldConv2d(channels, channels, "k").eval()
+    sites = ActiveSites(coords, (side, side), 1, "k")
+    sites.rulebook()
+    features = torch.randn(len(coords), channels)
+    with torch.inference_mode(), MemoryProbe() as probe:
+        conv(features, sites)
+    output = 4 * channels * len(coords)
+    assert output < probe.peak_bytes <= output + gather_chunk_bytes(channels, channels)
 
 
 def test_non_contiguous_and_int64_coords_give_the_contiguous_result():
