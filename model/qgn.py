@@ -64,22 +64,58 @@ class QGNConfig:
 
 @dataclass
 class LevelOutput:
-    """The sites one level computed, their logits, and which of them propagated."""
+    """The sites one level computed, their logits, and which of them propagated (what the
+    loss reads)."""
 
     coords: Tensor  # (N, 3) batch, row, col
     logits: Tensor  # (N, C + 1)
     propagate: Tensor  # (N,) bool
 
+    @property
+    def sites(self) -> int:
+        return len(self.coords)
+
+    def leaves(self, level: int, batch: int) -> Tensor:
+        leaf = (self.coords[:, 0] == batch) & ~self.propagate
+        classes = self.logits[leaf, 1:].argmax(dim=1)
+        return leaf_rows(level, self.coords[leaf], classes)
+
+    def compact(self) -> LevelLeaves:
+        leaf = ~self.propagate
+        classes = self.logits[leaf, 1:].argmax(dim=1)
+        return LevelLeaves(self.sites, self.coords[leaf].int(), classes.int())
+
+
+@dataclass
+class LevelLeaves:
+    """A level as inference holds it until the mask is painted: its leaves only, in int32.
+    Every site's coordinates and logits cost 77 bytes a site of every level up to the mask
+    (2.2 of τ 0.1's 11.6 MiB at 512×1024); a leaf costs 16."""
+
+    sites: int  # computed
+    coords: Tensor  # (K, 3) batch, row, col of the leaves
+    classes: Tensor  # (K,) best real class
+
+    def leaves(self, level: int, batch: int) -> Tensor:
+        mine = self.coords[:, 0] == batch
+        return leaf_rows(level, self.coords[mine].long(), self.classes[mine].long())
+
+
+def leaf_rows(level: int, coords: Tensor, classes: Tensor) -> Tensor:
+    """Rows of (level, row, col, class)."""
+    rows, cols = coords[:, 1], coords[:, 2]
+    return torch.stack([torch.full_like(rows, level), rows, cols, classes], 1)
+
 
 @dataclass
 class QGNOutput:
-    levels: list[LevelOutput]
+    levels: list[LevelOutput] | list[LevelLeaves]
     height: int
     width: int
     held_skips: bool = True  # the encoder kept its stride-8 and stride-16 maps whole
 
     def active_sites(self) -> list[int]:
-        return [len(level.coords) for level in self.levels]
+        return [level.sites for level in self.levels]
 
     def leaves(self, batch: int = 0) -> Tensor:
         """The predicted quadtree of one image, rows of (level, row, col, class).
@@ -91,12 +127,7 @@ class QGNOutput:
         QGN-All), thresholds and budgets in between. More refinement can thus correct a block
         wrongly called uniform. They are not minimal; the mask's canonical leaves are.
         """
-        found = []
-        for index, level in enumerate(self.levels):
-            leaf = (level.coords[:, 0] == batch) & ~level.propagate
-            rows, cols = level.coords[leaf, 1], level.coords[leaf, 2]
-            classes = level.logits[leaf, 1:].argmax(dim=1)
-            found.append(torch.stack([torch.full_like(rows, index), rows, cols, classes], 1))
+        found = [level.leaves(index, batch) for index, level in enumerate(self.levels)]
         return torch.cat(found).cpu()
 
 
@@ -213,6 +244,7 @@ class QGN(nn.Module):
         images: Tensor,
         scheme: Scheme,
         probe: MemoryProbe | NullProbe | None = None,
+        leaves_only: bool = False,
     ) -> QGNOutput:
         """Runs the network on a batch of any size; sides are padded to 32.
 
@@ -220,7 +252,8 @@ class QGN(nn.Module):
         whole (training), or (B, H, W, 3) uint8 pixels (`to_pixels`, inference only), from
         which `model.regions` computes the same maps without ever holding those at strides
         2 and 4 whole: they are recomputed at the sites of levels 3 and 4, and level 5 reads
-        the pixels at its sites.
+        the pixels at its sites. With `leaves_only` each level keeps only its leaves
+        (`LevelLeaves`) once the next level is chosen: all a mask needs.
         """
         probe = probe or NullProbe()
         probe.begin_phase("encoder")
@@ -278,12 +311,14 @@ class QGN(nn.Module):
                     ),
                 )
                 propagate = scheme.select(view)
-            levels.append(LevelOutput(coords, logits, propagate))
+                del view  # it holds the logits and coordinates
+            output = LevelOutput(coords, logits, propagate)
+            levels.append(output.compact() if leaves_only else output)
             if last:
                 break
             parent_features = site_features[propagate]
             parent_coords = coords[propagate]
-            del site_features
+            del site_features, coords, logits, propagate, output
             probe.begin_phase(f"level{level + 1}")
             site_features, coords, logits = self.stages[level](  # noqa: RUF059 (next level)
                 parent_features,
@@ -308,7 +343,7 @@ class QGN(nn.Module):
         with MemoryProbe(device) as probe:
             height, width = image.shape[:2]
             pixels = to_pixels(image, device)
-            output = self(pixels, scheme, probe)
+            output = self(pixels, scheme, probe, leaves_only=True)
             del pixels
             cancellation.check()
             probe.begin_phase("mask")

@@ -429,3 +429,22 @@ def test_under_all_every_pixel_reads_the_finest_level(height, width):
         expected[finest.coords[:, 1], finest.coords[:, 2]] = finest.logits[:, 1:].argmax(1)
     assert (expected >= 0).all()
     assert torch.equal(model.predict(image.numpy(), All()).mask.long(), expected)
+
+
+def test_inference_holds_each_level_as_its_leaves_and_reads_the_same_quadtree():
+    """With `leaves_only` a level keeps its leaves, not every site's coordinates and logits:
+    the same leaves and site counts, and the last level starts at least the earlier levels'
+    logits lower."""
+    torch.manual_seed(0)
+    model = randomised(qgn_tiny(num_classes=5))
+    image, _ = scene(96, 160, seed=6)
+    runs = {}
+    for leaves_only in (False, True):
+        with torch.inference_mode(), MemoryProbe() as probe:
+            output = model(to_pixels(image), Threshold(0.1), probe, leaves_only=leaves_only)
+        runs[leaves_only] = (output.leaves(), output.active_sites(), probe.phase_starts["level5"])
+    (full_leaves, full_sites, full_start), (leaves, sites, start) = runs[False], runs[True]
+    assert torch.equal(leaves, full_leaves) and sites == full_sites
+    assert 0 < sites[5] < sites[4] * 4  # some of level 4 are leaves
+    logits_bytes = 4 * 6 * sum(sites[:5])
+    assert full_start - start >= logits_bytes, (full_start, start, logits_bytes)
