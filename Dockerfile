@@ -61,9 +61,11 @@ COPY weights/ weights/
 USER 10001:10001
 
 EXPOSE 8000
-# The model loads in the lifespan before /healthz answers: allow a minute for it.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# Healthy means requests are served: /readyz answers once the weights are loaded, calibrated
+# and a warm-up inference ran (/healthz answered before the warm-up, and a fresh container
+# took its first requests with 503 not_ready); while draining it is 503 again.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 # `docker stop` sends SIGTERM: the server drains within QGN_DRAIN_TIMEOUT_S (8 s by default,
 # inside Docker's default 10 s grace period; raise both with --stop-timeout for longer).
 CMD ["qgn", "serve", "--host", "0.0.0.0", "--port", "8000"]

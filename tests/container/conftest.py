@@ -22,7 +22,6 @@ import pytest
 from PIL import Image
 
 from model.data import make_scene
-from tests.server.conftest import wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("QGN_TEST_IMAGE", "qgn-serve:cpu")
@@ -130,7 +129,8 @@ def run_container(image: str, name: str, *options: str) -> Iterator[Container]:
         port = docker("port", name, "8000/tcp").splitlines()[0].rsplit(":", 1)[1]
         wait_healthy(name)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as http:
-            wait_ready(http, 180)  # healthy is alive; requests are taken once warm (/readyz)
+            ready = http.get("/readyz")  # healthy means ready: no waiting beyond the HEALTHCHECK
+            assert ready.status_code == 200, (ready.status_code, ready.text)
             yield Container(name, f"http://127.0.0.1:{port}", http)
     finally:
         docker("rm", "-f", name, check=False)

@@ -158,7 +158,7 @@ def test_runs_as_non_root(steps):
 def test_port_healthcheck_and_command(steps):
     assert ("EXPOSE", "8000") in steps
     checks = [args for keyword, args in steps if keyword == "HEALTHCHECK"]
-    assert len(checks) == 1 and "http://127.0.0.1:8000/healthz" in checks[0]
+    assert len(checks) == 1 and "http://127.0.0.1:8000/readyz" in checks[0]
     commands = [args for keyword, args in steps if keyword == "CMD"]
     assert json.loads(commands[-1]) == ["qgn", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
