@@ -215,18 +215,25 @@ def plot(report: dict, path: Path) -> None:
         rows = [r for r in report["rows"] if (r["height"], r["width"]) == (height, width)]
         sweep = sorted(
             (r for r in rows if r["model"] == "qgn" and r["setting"].startswith("threshold")),
-            key=lambda r: r["peak_bytes"],
+            key=lambda r: (r["peak_bytes"], r["miou"]),  # thresholds of one peak: rising
         )
         axes.plot(
             [r["peak_bytes"] / MIB for r in sweep], [r["miou"] for r in sweep], "o-", label="QGN τ"
         )
-        for row in rows:
-            if row["model"] == "qgn" and not row["setting"].startswith("threshold"):
-                axes.scatter(row["peak_bytes"] / MIB, row["miou"], color="tab:blue", marker="s")
-                axes.annotate(row["setting"], (row["peak_bytes"] / MIB, row["miou"]), fontsize=7)
-            elif row["model"] != "qgn":
-                axes.scatter(row["peak_bytes"] / MIB, row["miou"], color="tab:red", marker="^")
-                axes.annotate(row["model"], (row["peak_bytes"] / MIB, row["miou"]), fontsize=8)
+        named = [r for r in rows if r["model"] != "qgn" or not r["setting"].startswith("threshold")]
+        for index, row in enumerate(sorted(named, key=lambda r: r["peak_bytes"])):
+            point = (row["peak_bytes"] / MIB, row["miou"])
+            qgn = row["model"] == "qgn"
+            axes.scatter(*point, color="tab:blue" if qgn else "tab:red", marker="s" if qgn else "^")
+            # Neighbours on the log axis alternate above and below, so their labels do not meet.
+            offset = (3, 5) if index % 2 == 0 else (3, -10)
+            axes.annotate(
+                row["setting"] if qgn else row["model"],
+                point,
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=7 if qgn else 8,
+            )
         axes.set_xscale("log")
         axes.set_xlabel("peak MiB (allocation window)")
         axes.set_ylabel("mIoU %")
