@@ -44,22 +44,39 @@ def test_submanifold_conv_equals_dense_conv_forward_and_backward_on_cpu():
     )
 
 
-def test_an_offset_taken_in_chunks_gives_the_same_result_forward_and_backward(monkeypatch):
+def test_an_offset_taken_in_chunks_gives_the_same_result(monkeypatch):
     """Chunks of 5 rows against one chunk per offset: the same sums in the same order (a
     matrix product of fewer rows may round its last bit differently)."""
     torch.manual_seed(0)
     coords, _ = _random_sites(40, 50)
     conv = SubmanifoldConv2d(8, 16, "k", bias=True)
+    features = torch.randn(len(coords), 8)
     results = []
     for chunk_bytes in (4 * 16 * 5, 1 << 30):
         monkeypatch.setattr(sparse, "GATHER_CHUNK_BYTES", chunk_bytes)
-        features = torch.randn(len(coords), 8, generator=torch.Generator().manual_seed(1))
-        features.requires_grad_()
-        out = conv(features, ActiveSites(coords, (40, 50), 1, "k"))
-        out.square().sum().backward()
-        results.append((out.detach(), features.grad))
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-6)
+        with torch.inference_mode():
+            results.append(conv(features, ActiveSites(coords, (40, 50), 1, "k")))
+    torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-6)
+
+
+def test_only_inference_takes_an_offset_in_chunks(monkeypatch):
+    """While autograd records, every chunk's inputs are kept for the backward anyway: one
+    scatter per offset there, many under inference."""
+    coords, _ = _random_sites(40, 50)
+    conv = SubmanifoldConv2d(8, 8, "k")
+    sites = ActiveSites(coords, (40, 50), 1, "k")
+    monkeypatch.setattr(sparse, "GATHER_CHUNK_BYTES", 4 * 8 * 5)
+    scatters = []
+    index_add_ = torch.Tensor.index_add_
+    monkeypatch.setattr(
+        torch.Tensor, "index_add_", lambda *a, **k: scatters.append(1) or index_add_(*a, **k)
+    )
+    conv(torch.randn(len(coords), 8), sites).sum().backward()
+    assert len(scatters) == 8
+    scatters.clear()
+    with torch.inference_mode():
+        conv(torch.randn(len(coords), 8), sites)
+    assert len(scatters) > 8 * 10
 
 
 def test_a_convolution_holds_its_output_and_one_chunk_not_the_whole_gather():
