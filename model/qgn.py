@@ -22,7 +22,13 @@ from model.cost import MemoryCost
 from model.decoder import DenseHead, RefinementStage
 from model.encoder import IMAGE_MEAN, IMAGE_STD, ResNetEncoder, fold_all_batchnorms
 from model.memory import MemoryProbe, NullProbe
-from model.quadtree import block_sizes, canonical_leaves, leaves_to_dense, level_shape
+from model.quadtree import (
+    block_sizes,
+    canonical_leaves,
+    leaf_rows,
+    leaves_to_dense,
+    level_shape,
+)
 from model.regions import DenseSkip, encoder_from_pixels, recompute_costs
 from model.schemes import LevelView, Scheme, SchemeRun
 
@@ -76,9 +82,7 @@ class LevelOutput:
         return len(self.coords)
 
     def leaves(self, level: int, batch: int) -> Tensor:
-        leaf = (self.coords[:, 0] == batch) & ~self.propagate
-        classes = self.logits[leaf, 1:].argmax(dim=1)
-        return leaf_rows(level, self.coords[leaf], classes)
+        return self.compact().leaves(level, batch)
 
     def compact(self) -> LevelLeaves:
         leaf = ~self.propagate
@@ -98,13 +102,8 @@ class LevelLeaves:
 
     def leaves(self, level: int, batch: int) -> Tensor:
         mine = self.coords[:, 0] == batch
-        return leaf_rows(level, self.coords[mine].long(), self.classes[mine].long())
-
-
-def leaf_rows(level: int, coords: Tensor, classes: Tensor) -> Tensor:
-    """Rows of (level, row, col, class)."""
-    rows, cols = coords[:, 1], coords[:, 2]
-    return torch.stack([torch.full_like(rows, level), rows, cols, classes], 1)
+        rows, cols = self.coords[mine, 1].long(), self.coords[mine, 2].long()
+        return leaf_rows(level, rows, cols, self.classes[mine].long())
 
 
 @dataclass

@@ -133,7 +133,7 @@ def levels_to_leaves(targets: list[Tensor], ignore: int = IGNORE) -> Tensor:
         if level > 0:
             leaf &= _upsample2(targets[level - 1] == COMPOSITE)
         rows, cols = leaf.nonzero(as_tuple=True)
-        found.append(_leaf_rows(level, rows, cols, target[rows, cols] - 1))
+        found.append(leaf_rows(level, rows, cols, target[rows, cols] - 1))
     return torch.cat(found)
 
 
@@ -166,12 +166,13 @@ def canonical_leaves(mask: Tensor, levels: int = DEFAULT_LEVELS) -> Tensor:
             r, c = r[order], c[order]
         low, high = lo[r, c], hi[r, c]
         uniform = low == high
-        found.append(_leaf_rows(level, r[uniform], c[uniform], low[uniform].to(torch.int64)))
+        found.append(leaf_rows(level, r[uniform], c[uniform], low[uniform].to(torch.int64)))
         split = (r[~uniform], c[~uniform])
     return torch.cat(found)
 
 
-def _leaf_rows(level: int, rows: Tensor, cols: Tensor, classes: Tensor) -> Tensor:
+def leaf_rows(level: int, rows: Tensor, cols: Tensor, classes: Tensor) -> Tensor:
+    """Leaves as the quadtree format writes them: rows of (level, row, col, class)."""
     return torch.stack([torch.full_like(rows, level), rows, cols, classes], dim=1)
 
 

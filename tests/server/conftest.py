@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -75,7 +74,7 @@ def tiny_weights(tmp_path_factory) -> Path:
     return write_tiny_weights(tmp_path_factory.mktemp("weights"))
 
 
-def wait_ready(client: httpx.Client, seconds: float = 60.0) -> None:
+def wait_ready(client: TestClient, seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if client.get("/readyz").status_code == 200:
