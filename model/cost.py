@@ -2,10 +2,11 @@
 
 The decoder's peak is the peak of its costliest stage, and a stage's peak is linear in its
 active sites. For the CPU path the terms are known exactly (`analytic`): inside a sparse
-residual block three (N, D) float tensors live at once (the block input, the first
-convolution's output and the second's), plus the rulebook (9 int32 input/output index pairs
-per site) and the coordinates (3 int64 + 3 int32). A fixed cost per stage covers the filter
-copies and one chunk of an offset's gathered inputs, their product and their int64 indices
+residual block two (N, D) float tensors live at once (the block input, into which the second
+convolution adds, and the first convolution's output; a parent's floats per child beside
+them), plus the rulebook (9 int32 input/output index pairs per site) and the coordinates
+(3 int64 + 3 int32). A fixed cost per stage covers the filter copies and one chunk of an
+offset's gathered inputs, their product and their int64 indices
 (`model.sparse.gather_chunk_bytes`).
 
 Before the decoder, each phase is bounded on its own by fixed + per padded pixel + per padded
@@ -40,7 +41,7 @@ RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4
 SPCONV_HASH_BYTES_PER_SITE = 48
 COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
 FLOAT_BYTES = 4
-LIVE_TENSORS_PER_SITE = 3
+LIVE_TENSORS_PER_SITE = 2
 # What a request may rely on (served by `/v1/model`; tests/model/test_memory_promise.py and
 # tests/server/test_memory_promise.py check it over random and thin shapes).
 MEMORY_GUARANTEE = {

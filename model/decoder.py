@@ -99,13 +99,19 @@ class PyramidContext(nn.Module):
         return self.merge(torch.cat(pooled, dim=1)).add_(x)
 
 
+def folded_norm(norm: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """A BatchNorm at inference as the affine map it is: (scale, shift) per channel."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    return scale, norm.bias - norm.running_mean * scale
+
+
 def batch_norm_(norm: nn.BatchNorm1d, x: Tensor) -> Tensor:
     """BatchNorm over active sites, in place at inference (it is then an affine map, and
     the decoder's peak memory is what the budget scheme sells). In training, a level with
     under two sites uses the running statistics instead of raising."""
     if not norm.training:
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        return x.mul_(scale).add_(norm.bias - norm.running_mean * scale)
+        scale, shift = folded_norm(norm)
+        return x.mul_(scale).add_(shift)
     if x.shape[0] > 1:
         return norm(x)
     return nn.functional.batch_norm(
@@ -114,7 +120,11 @@ def batch_norm_(norm: nn.BatchNorm1d, x: Tensor) -> Tensor:
 
 
 class SparseBasicBlock(nn.Module):
-    """BasicBlock on active sites: two submanifold 3×3 convolutions and a residual."""
+    """BasicBlock on active sites: two submanifold 3×3 convolutions and a residual.
+
+    At inference on the CPU the second convolution adds into the block's input (which the
+    block then owns: the decoder passes each block a tensor nothing else reads), so a block
+    holds two (sites, channels) tensors at once, not three."""
 
     def __init__(self, channels: int, key: str):
         super().__init__()
@@ -125,6 +135,9 @@ class SparseBasicBlock(nn.Module):
 
     def forward(self, x: Tensor, sites: ActiveSites) -> Tensor:
         hidden = batch_norm_(self.bn1, self.conv1(x, sites)).relu_()
+        recording = torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad)
+        if not (self.training or recording or x.is_cuda):
+            return self.conv2.add_into_(x, hidden, sites, *folded_norm(self.bn2)).relu_()
         out = self.conv2(hidden, sites)
         del hidden
         out = batch_norm_(self.bn2, out)
@@ -187,7 +200,9 @@ class RefinementStage(nn.Module):
             features = features[slot]
         skip_at_sites = skip.at(coords)
         skip.release()
-        features = features.add_(self.skip(skip_at_sites))
+        # addmm_: the projected skip is added as it is made, not held beside the features (at
+        # levels 1 and 2 it would outweigh a residual block's two tensors).
+        features = features.addmm_(skip_at_sites, self.skip.weight.t())
         del skip_at_sites
         features = batch_norm_(self.bn, features).relu_()
         sites = ActiveSites(coords, grid, batch_size, self.key)

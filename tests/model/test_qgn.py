@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from model.cost import MemoryCost, calibrate
-from model.decoder import RefinementStage
+from model.decoder import RefinementStage, SparseBasicBlock
 from model.loss import quadtree_loss
 from model.memory import MemoryProbe
 from model.qgn import MODELS, QGN, QGNConfig, qgn_tiny, to_batch, to_pixels
 from model.quadtree import COMPOSITE, canonical_leaves, dense_to_levels, leaves_to_dense
 from model.regions import DenseSkip
 from model.schemes import All, Budget, Oracle, PredictedComposite, Threshold, make_scheme
+from model.sparse import ActiveSites, gather_chunk_bytes
 from tests.model.dense_reference import dense_logits_all
 
 
@@ -323,6 +324,27 @@ def test_tracker_agrees_with_the_analytic_stage_cost_within_10_percent():
             probe.peak_bytes,
             predicted,
         )
+
+
+def test_a_residual_block_at_inference_adds_into_its_input_and_holds_two_tensors():
+    """The second convolution, its BatchNorm folded, adds into the block's input: the output
+    of convolution, norm and sum done apart, with one (sites, channels) tensor fewer."""
+    channels, side = 32, 64
+    block = randomised(SparseBasicBlock(channels, "k"), seed=3)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    coords = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
+    sites = ActiveSites(coords, (side, side), 1, "k")
+    sites.rulebook()
+    x = torch.randn(len(coords), channels)
+    expected = block(x.clone().requires_grad_(), sites).detach()  # recording: apart
+    with torch.inference_mode(), MemoryProbe() as probe:
+        out = block(x, sites)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert out.data_ptr() == x.data_ptr()
+    one_tensor = 4 * channels * len(coords)
+    filters = 2 * 9 * channels * channels * 4  # as model.cost counts a stage's filter copies
+    # The first convolution's output and a chunk; apart, the second's output joined them.
+    assert probe.peak_bytes <= one_tensor + gather_chunk_bytes(channels, channels) + filters
 
 
 class KeptSkip(DenseSkip):
