@@ -3,8 +3,8 @@
 The decoder's peak is the peak of its costliest stage, and a stage's peak is linear in its
 active sites. For the CPU path the terms are known exactly (`analytic`): inside a sparse
 residual block two (N, D) float tensors live at once (the block input, into which the second
-convolution adds, and the first convolution's output; a parent's floats per child beside
-them), plus the rulebook (9 int32 input/output index pairs per site) and the coordinates
+convolution adds, and the first convolution's output; the parents' features are freed once
+upsampled), plus the rulebook (9 int32 input/output index pairs per site) and the coordinates
 (3 int64 + 3 int32). A fixed cost per stage covers the filter copies and one chunk of an
 offset's gathered inputs, their product and their int64 indices
 (`model.sparse.gather_chunk_bytes`).
@@ -82,10 +82,9 @@ def band_bytes_per_column(encoder_widths: tuple[int, ...]) -> float:
 
 def site_terms(decoder_widths: tuple[int, ...], level: int) -> tuple[int, int]:
     """A sparse level's analytic bytes per site beyond the rulebook and coordinates: its
-    activations (the live floats of a block, plus a parent's floats per child) and the tile
-    indices of a recomputed skip (levels 1 to 4)."""
+    activations (the live floats of a block) and the tile indices of a recomputed skip
+    (levels 1 to 4)."""
     activations = FLOAT_BYTES * LIVE_TENSORS_PER_SITE * decoder_widths[level]
-    activations += decoder_widths[level - 1] if level else 0
     index = RECOMPUTE_BYTES_PER_SITE if 0 < level < len(decoder_widths) - 1 else 0
     return activations, index
 
@@ -253,12 +252,12 @@ class MemoryCost:
 
     def terms(self, active_sites: list[int]) -> list[dict]:
         """What each sparse level's predicted bytes are made of, for the given active sites:
-        activations (the live floats of a sparse block, plus a parent's floats per child),
-        rulebook (index pairs), coordinates, the fixed filter copies, recomputing the skip at
-        the sites (tile indices per site, one chunk of tiles; levels 1 and 2 as when the
-        encoder keeps their maps) and what calibration measured on top of the analytic
-        per-site bytes. Level 0 (dense) and empty levels give their sites only. The analytic
-        terms are those of `analytic`; they are `COST_TERMS`."""
+        activations (the live floats of a sparse block), rulebook (index pairs), coordinates,
+        the fixed filter copies, recomputing the skip at the sites (tile indices per site, one
+        chunk of tiles; levels 1 and 2 as when the encoder keeps their maps) and what
+        calibration measured on top of the analytic per-site bytes. Level 0 (dense) and empty
+        levels give their sites only. The analytic terms are those of `analytic`; they are
+        `COST_TERMS`."""
         if not self.decoder_widths:
             raise ValueError(
                 "terms need the decoder widths: build the cost with MemoryCost.analytic, or "

@@ -315,12 +315,12 @@ class QGN(nn.Module):
             levels.append(output.compact() if leaves_only else output)
             if last:
                 break
-            parent_features = site_features[propagate]
+            parents = [site_features[propagate]]
             parent_coords = coords[propagate]
             del site_features, coords, logits, propagate, output
             probe.begin_phase(f"level{level + 1}")
             site_features, coords, logits = self.stages[level](  # noqa: RUF059 (next level)
-                parent_features,
+                parents,
                 parent_coords,
                 skips[level],
                 level_shape(height, width, level + 1, LEVELS),
@@ -328,7 +328,6 @@ class QGN(nn.Module):
                 batch,
             )
             skips[level] = None
-            del parent_features
         return QGNOutput(levels, height, width, hold)
 
     @torch.inference_mode()

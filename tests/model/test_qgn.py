@@ -312,10 +312,10 @@ def test_tracker_agrees_with_the_analytic_stage_cost_within_10_percent():
             dim=1,
         )
         skip = torch.randn(1, skip_channels, 2 * side, 2 * side)
+        grid = (2 * side, 2 * side)
         with torch.inference_mode(), MemoryProbe() as probe:
-            parent_features = torch.randn(side * side, channels)
-            grid = (2 * side, 2 * side)
-            stage(parent_features, parents, DenseSkip(skip), grid, grid, 1)
+            # The stage owns the parents' features, as the decoder hands them over.
+            stage([torch.randn(side * side, channels)], parents, DenseSkip(skip), grid, grid, 1)
         children = 4 * side * side
         # Level 5's terms: the same widths, and a skip read from a map, not recomputed.
         predicted = analytic.stage_bytes[5] + analytic.site_bytes[5] * children
@@ -374,12 +374,41 @@ def test_a_level_frees_its_kept_map_once_read():
         generator = torch.Generator().manual_seed(3)
         with torch.inference_mode(), MemoryProbe() as probe:
             skip = source(torch.randn(1, skip_channels, *grid, generator=generator))
-            parent_features = torch.randn(side * side, channels, generator=generator)
+            parent_features = [torch.randn(side * side, channels, generator=generator)]
             runs[source] = (stage(parent_features, parents, skip, grid, grid, 1), probe)
             del skip
     (released, released_probe), (kept, kept_probe) = runs[DenseSkip], runs[KeptSkip]
     assert all(torch.equal(a, b) for a, b in zip(released, kept, strict=True))
     assert released_probe.peak_bytes <= kept_probe.peak_bytes - map_bytes // 2
+
+
+def test_a_stage_frees_its_parents_features_once_upsampled():
+    """The parents' floats (a fifth of level 4's bytes a site) no longer sit under the
+    level's convolutions: the stage empties the list it is given and peaks lower than a run
+    whose caller still holds them."""
+    channels, side = 16, 64
+    stage = RefinementStage(channels, 3, channels, 13, 1, "k").eval()
+    parents = torch.stack(
+        [
+            torch.zeros(side * side, dtype=torch.long),
+            torch.arange(side * side) // side,
+            torch.arange(side * side) % side,
+        ],
+        dim=1,
+    )
+    grid = (2 * side, 2 * side)
+    skip = torch.randn(1, 3, *grid)
+    parent_bytes = 4 * channels * side * side
+    with torch.inference_mode():
+        with MemoryProbe() as held:
+            features = torch.randn(side * side, channels)
+            from_held = stage([features], parents, DenseSkip(skip), grid, grid, 1)
+        with MemoryProbe() as freed:
+            handed = [features.clone()]
+            from_handed = stage(handed, parents, DenseSkip(skip), grid, grid, 1)
+    assert handed == []
+    assert all(torch.equal(a, b) for a, b in zip(from_held, from_handed, strict=True))
+    assert freed.peak_bytes <= held.peak_bytes - parent_bytes // 2
 
 
 def test_same_input_same_result_and_same_peak():
