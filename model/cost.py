@@ -5,7 +5,7 @@ active sites. For the CPU path the terms are known exactly (`analytic`): inside 
 residual block two (N, D) float tensors live at once (the block input, into which the second
 convolution adds, and the first convolution's output; the parents' features are freed once
 upsampled), plus the rulebook (9 int32 input/output index pairs per site) and the coordinates
-(3 int64 + 3 int32). A fixed cost per stage covers the filter copies and one chunk of an
+(3 int32, shared with spconv). A fixed cost per stage covers the filter copies and one chunk of an
 offset's gathered inputs, their product and their int64 indices
 (`model.sparse.gather_chunk_bytes`).
 
@@ -39,7 +39,8 @@ RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4
 # 4 000 000 sites. Calibrated CPU costs carry it on top of what they measure, so that a
 # budget leaves room for it in the process's memory too.
 SPCONV_HASH_BYTES_PER_SITE = 48
-COORD_BYTES_PER_SITE = 3 * 8 + 3 * 4
+# int32 (batch, row, col): the decoder's coordinates are spconv's indices, one copy.
+COORD_BYTES_PER_SITE = 3 * 4
 FLOAT_BYTES = 4
 LIVE_TENSORS_PER_SITE = 2
 # What a request may rely on (served by `/v1/model`; tests/model/test_memory_promise.py and
@@ -234,7 +235,7 @@ class MemoryCost:
             self.held_floor_bytes(height, width) if held else self.min_budget_bytes(height, width)
         )
         kept = math.ceil(self.held_bytes_per_pixel * pixels) if held else 0
-        output_bytes = 3 * 8 + FLOAT_BYTES * self.num_logits + 1  # coordinates, logits, flag
+        output_bytes = 3 * 4 + FLOAT_BYTES * self.num_logits + 1  # coordinates, logits, flag
         worst, outputs = floor, 0
         for level, stage in enumerate(self.decoder_bytes(active_sites, held)):
             worst = max(worst, outputs + (kept if level <= 2 else 0) + stage)

@@ -148,7 +148,7 @@ def children_of(parents: Tensor, in_image: tuple[int, int]) -> tuple[Tensor, Ten
     """Coordinates of the four children of each (batch, row, col) parent, and for each child
     the index of its parent; children whose block lies outside the image are dropped."""
     count = parents.shape[0]
-    offsets = CHILD_OFFSETS.to(parents.device)
+    offsets = CHILD_OFFSETS.to(parents.device, parents.dtype)
     rows = (2 * parents[:, 1:2] + offsets[:, 0]).reshape(-1)
     cols = (2 * parents[:, 2:3] + offsets[:, 1]).reshape(-1)
     batch = parents[:, 0:1].expand(count, 4).reshape(-1)
@@ -202,6 +202,7 @@ class RefinementStage(nn.Module):
         del parent_features
         if len(slot) < len(features):
             features = features[slot]
+        del slot
         skip_at_sites = skip.at(coords)
         skip.release()
         # addmm_: the projected skip is added as it is made, not held beside the features (at

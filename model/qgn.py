@@ -283,7 +283,8 @@ class QGN(nn.Module):
             ),
             dim=-1,
         )
-        coords = grid.reshape(-1, 3).to(images.device)
+        # int32 coordinates: spconv's own dtype, so that a level's sites are indexed by one copy.
+        coords = grid.reshape(-1, 3).to(images.device, torch.int32)
         b, r, c = coords.unbind(dim=1)
         site_features = dense_features.permute(0, 2, 3, 1)[b, r, c]
         logits = dense_logits.permute(0, 2, 3, 1)[b, r, c]

@@ -310,7 +310,7 @@ def test_tracker_agrees_with_the_analytic_stage_cost_within_10_percent():
                 torch.arange(side * side) % side,
             ],
             dim=1,
-        )
+        ).int()  # the decoder's coordinates are int32
         skip = torch.randn(1, skip_channels, 2 * side, 2 * side)
         grid = (2 * side, 2 * side)
         with torch.inference_mode(), MemoryProbe() as probe:
@@ -366,7 +366,7 @@ def test_a_level_frees_its_kept_map_once_read():
             torch.arange(side * side) % side,
         ],
         dim=1,
-    )
+    ).int()  # the decoder's coordinates are int32
     grid = (2 * side, 2 * side)
     map_bytes = 4 * skip_channels * grid[0] * grid[1]
     runs = {}
@@ -395,7 +395,7 @@ def test_a_stage_frees_its_parents_features_once_upsampled():
             torch.arange(side * side) % side,
         ],
         dim=1,
-    )
+    ).int()  # the decoder's coordinates are int32
     grid = (2 * side, 2 * side)
     skip = torch.randn(1, 3, *grid)
     parent_bytes = 4 * channels * side * side
@@ -409,6 +409,17 @@ def test_a_stage_frees_its_parents_features_once_upsampled():
     assert handed == []
     assert all(torch.equal(a, b) for a, b in zip(from_held, from_handed, strict=True))
     assert freed.peak_bytes <= held.peak_bytes - parent_bytes // 2
+
+
+def test_a_levels_coordinates_are_one_int32_copy_that_spconv_reads_too():
+    """int64 coordinates beside spconv's int32 indices were 24 bytes a site of every level."""
+    model = randomised(qgn_tiny(num_classes=4), seed=14)
+    image, _ = scene(64, 96, seed=15)
+    with torch.inference_mode():
+        output = model(to_batch(image), All())
+    assert all(level.coords.dtype == torch.int32 for level in output.levels)
+    coords = output.levels[3].coords
+    assert ActiveSites(coords, (16, 24), 1, "k").indices.data_ptr() == coords.data_ptr()
 
 
 def test_same_input_same_result_and_same_peak():
