@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from model.encoder import BasicBlock
 from model.regions import SkipSource
-from model.sparse import ActiveSites, SubmanifoldConv2d
+from model.sparse import ActiveSites, SubmanifoldConv2d, records_autograd
 
 # Child k of parent (row, col) sits at (2 row + dy, 2 col + dx), k = 2 dy + dx.
 CHILD_OFFSETS = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
@@ -135,8 +135,7 @@ class SparseBasicBlock(nn.Module):
 
     def forward(self, x: Tensor, sites: ActiveSites) -> Tensor:
         hidden = batch_norm_(self.bn1, self.conv1(x, sites)).relu_()
-        recording = torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad)
-        if not (self.training or recording or x.is_cuda):
+        if not (self.training or x.is_cuda or records_autograd(x, hidden)):
             return self.conv2.add_into_(x, hidden, sites, *folded_norm(self.bn2)).relu_()
         out = self.conv2(hidden, sites)
         del hidden

@@ -43,6 +43,12 @@ def gather_chunk_bytes(in_channels: int, out_channels: int) -> int:
     return gather_chunk_rows(in_channels, out_channels) * (4 * (in_channels + out_channels) + 16)
 
 
+def records_autograd(*tensors: Tensor) -> bool:
+    """Whether autograd records an operation on `tensors`: then the memory-saving inference
+    paths (chunked gathers, adding into an input in place) must not run."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _current_stream() -> int:
     """spconv's stream lookup, safe on a CPU-only torch (stream 0 = no stream)."""
     if torch.cuda.is_available():
@@ -147,9 +153,10 @@ class SubmanifoldConv2d(nn.Module):
         out = features @ weight[:, 4].t()
         # While autograd records it keeps every chunk's gathered inputs for the backward, so
         # chunks would save nothing, and their many small steps made training 3.7× slower.
-        recording = torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
         rows = (
-            len(features) if recording else gather_chunk_rows(self.in_channels, self.out_channels)
+            len(features)
+            if records_autograd(features, weight)
+            else gather_chunk_rows(self.in_channels, self.out_channels)
         )
         out = self._add_neighbours(out, features, sites, weight, rows)
         if self.conv.bias is not None:
@@ -164,7 +171,7 @@ class SubmanifoldConv2d(nn.Module):
         folded in, adds into the block's input instead of holding an output of its own (the
         third (sites, channels) tensor of a block: a fifth of a sparse level's bytes a site).
         Inference on the CPU only."""
-        if features.is_cuda or (torch.is_grad_enabled() and features.requires_grad):
+        if features.is_cuda or records_autograd(out, features):
             raise RuntimeError("add_into_ is for inference on the CPU")
         weight = (self.conv.weight * scale[:, None, None, None]).reshape(
             self.out_channels, 9, self.in_channels
