@@ -17,6 +17,8 @@ ARG BUILDER=python:3.11-bookworm
 # DL3006 (tag the image): BASE and BUILDER are build arguments; build.sh passes tagged images.
 # hadolint ignore=DL3006
 FROM ${BUILDER} AS build
+# The label lets build.sh find this project's images it made stale (docker image prune).
+LABEL io.qgn-serve.stage=build
 # The dependencies first (the multi-GB layer for the GPU variant): editing the source reuses it.
 COPY docker/wheels/deps/ /wheels/deps/
 RUN python3 -m venv /opt/venv \
@@ -40,6 +42,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /wheels/projec
 # DL3006: as above.
 # hadolint ignore=DL3006
 FROM ${BASE} AS runtime
+LABEL io.qgn-serve.stage=runtime
 # cpu in the CPU image; auto in the GPU image: CUDA when `--gpus` passes a GPU in, else the
 # CPU with a log line saying so (QGN_DEVICE=cuda refuses to start without one).
 ARG QGN_DEVICE=cpu

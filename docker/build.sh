@@ -11,7 +11,7 @@
 #    ~/.cache/qgn-serve/wheelhouse/<variant>; the project's own wheel is built beside it.
 # 3. `docker build --network none`: the Dockerfile installs from that wheelhouse only.
 # Tags: qgn-serve:<variant> and qgn-serve:<version>-<variant> (compose and the manifests use
-# the versioned one), plus --tag T when given.
+# the versioned one), plus --tag T when given; the builder stage as qgn-serve-build:<variant>.
 set -euo pipefail
 
 usage() { echo "usage: docker/build.sh cpu|gpu [--tag T] [--registry-bases]" >&2; exit 2; }
@@ -96,10 +96,15 @@ device=cpu
 [[ $variant == gpu ]] && device=auto
 tags=(-t "qgn-serve:$variant" -t "qgn-serve:$version-$variant")
 for tag in "${extra_tags[@]}"; do tags+=(-t "$tag"); done
+build_args=(--network none --build-arg "BASE=$base" --build-arg "BUILDER=$builder"
+  --build-arg "QGN_DEVICE=$device")
+# The builder stage is tagged too (qgn-serve-build:<variant>): it is the next build's layer
+# cache, and tagged it is not dangling. What a rebuild leaves untagged (the image and the
+# builder stage it replaced, 1-8 GB each) is pruned, or every source edit would keep ~3 GB.
+say "docker build --target build -t qgn-serve-build:$variant"
+docker build "${build_args[@]}" --target build -t "qgn-serve-build:$variant" .
 say "docker build ${tags[*]}"
-docker build --network none \
-  --build-arg "BASE=$base" --build-arg "BUILDER=$builder" \
-  --build-arg "QGN_DEVICE=$device" \
-  "${tags[@]}" .
+docker build "${build_args[@]}" "${tags[@]}" .
+docker image prune --force --filter label=io.qgn-serve.stage >/dev/null
 size=$(docker image inspect "qgn-serve:$variant" --format '{{.Size}}')
 say "built qgn-serve:$variant and qgn-serve:$version-$variant, $((size / 1000000)) MB"

@@ -22,6 +22,15 @@ from tests.container.conftest import (
 UID = 10001
 
 
+def test_a_build_leaves_no_untagged_image_of_ours(image: str):
+    """Each rebuild would otherwise keep the image and builder stage it replaced (~3 GB)."""
+    assert docker("image", "inspect", "--format", "{{.Id}}", "qgn-serve-build:cpu")
+    left = docker(
+        "images", "--quiet", "--filter", "dangling=true", "--filter", "label=io.qgn-serve.stage"
+    )
+    assert left == ""
+
+
 def test_runs_as_the_non_root_user_read_only(container: Container):
     assert container.exec("id", "-u") == str(UID)
     assert container.inspect("{{.Config.User}}") == f"{UID}:{UID}"

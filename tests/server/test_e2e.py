@@ -157,7 +157,9 @@ def test_sigterm_finishes_what_was_accepted_refuses_the_new_and_exits_0(tiny_wei
     try:
         results: list = []
         running = post_in_thread(server, scene_image(768, 1024, seed=1), "scheme=all", results)
-        wait_for_metric(server, "qgn_inflight_requests 1.0")
+        # Running on the worker, not just arrived: the queued count that follows is then the
+        # second request's (a first still decoding would count itself there).
+        wait_for_metric(server, "qgn_busy_workers 1.0")
         queued = post_in_thread(server, scene_image(96, 160, seed=2), "scheme=pc", results)
         wait_for_metric(server, "qgn_queue_depth 1.0")
         server.process.send_signal(signal.SIGTERM)
@@ -188,7 +190,9 @@ def test_what_cannot_finish_in_the_drain_gets_503_before_a_clean_exit(tiny_weigh
         # Long enough that the second request is still queued behind it on a busy machine.
         queued_image = scene_image(96, 160)
         threads = [post_in_thread(server, scene_image(2048, 2048, seed=1), "scheme=all", results)]
-        wait_for_metric(server, "qgn_inflight_requests 1.0")
+        # Running on the worker, not just arrived: the queued count that follows is then the
+        # second request's (a first still decoding would count itself there).
+        wait_for_metric(server, "qgn_busy_workers 1.0")
         threads.append(post_in_thread(server, queued_image, "scheme=pc", results))
         wait_for_metric(server, "qgn_queue_depth 1.0")
         started = time.monotonic()
