@@ -61,8 +61,9 @@ class Windows:
 
     @classmethod
     def tiles(cls, origins: Tensor, side: int, grid: tuple[int, int]) -> Windows:
-        bounds = origins[:, 1:].amin(0).tolist() + origins[:, 1:].amax(0).tolist()
-        return cls((bounds[0], bounds[2]), (bounds[1], bounds[3]), side, side, grid, origins)
+        low, high = torch.aminmax(origins[:, 1:], dim=0)
+        (top, left), (bottom, right) = low.tolist(), high.tolist()
+        return cls((top, bottom), (left, right), side, side, grid, origins)
 
     def moved(self, scale: int, shift: int, height: int, width: int, grid) -> Windows:
         """Origins scale * origin + shift, with the given size and grid."""
@@ -409,11 +410,15 @@ class SitesFromPixels(SkipSource):
         out = torch.empty((len(coords), self.channels), device=coords.device)
         if len(coords) == 0:
             return out
-        tiles, tile_of = torch.unique(
-            torch.stack([coords[:, 0], coords[:, 1] // TILE_SIDE, coords[:, 2] // TILE_SIDE], 1),
-            dim=0,
-            return_inverse=True,
+        # Tiles as one integer key each, in (batch, row, col) order: `unique` of rows
+        # (dim=0) sorts them lexicographically, several times slower (8 % of `pc`).
+        across = -(-self.grid[1] // TILE_SIDE)
+        down = -(-self.grid[0] // TILE_SIDE) * across
+        batch, rest = coords[:, 0].long(), coords[:, 1:].long() // TILE_SIDE
+        keys, tile_of = torch.unique(
+            batch * down + rest[:, 0] * across + rest[:, 1], return_inverse=True
         )
+        tiles = torch.stack([keys // down, keys % down // across, keys % across], 1)
         # The sites grouped by tile, so that each chunk's sites are one slice.
         by_tile = torch.argsort(tile_of)
         ends = [0, *torch.bincount(tile_of, minlength=len(tiles)).cumsum(0).tolist()]

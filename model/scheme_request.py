@@ -21,9 +21,13 @@ def mib_to_bytes(mib: float) -> int:
 # truth, so it is offered to evaluation and training only.
 REQUESTABLE: dict[str, dict] = {
     "all": {"description": "every site is refined (QGN-All): most memory, best accuracy"},
-    "pc": {"description": "only predicted composites are refined (QGN-PC): least memory"},
+    "pc": {
+        "description": "predicted composites are refined (QGN-PC), and at levels 0-1 their "
+        "neighbours: least memory"
+    },
     "threshold": {
-        "description": "sites with p(composite) >= threshold are refined",
+        "description": "sites with p(composite) >= threshold are refined, and at levels 0-1 "
+        "their neighbours",
         "parameters": {
             "threshold": {"type": "number", "minimum": 0, "maximum": 1, "required": True}
         },

@@ -11,7 +11,16 @@ from model.memory import MemoryProbe
 from model.qgn import MODELS, QGN, QGNConfig, qgn_tiny, to_batch, to_pixels
 from model.quadtree import COMPOSITE, canonical_leaves, dense_to_levels, leaves_to_dense
 from model.regions import DenseSkip
-from model.schemes import All, Budget, Oracle, PredictedComposite, Threshold, make_scheme
+from model.schemes import (
+    RING_LEVELS,
+    All,
+    Budget,
+    Oracle,
+    PredictedComposite,
+    Threshold,
+    make_scheme,
+    with_ring,
+)
 from model.sparse import ActiveSites, gather_chunk_bytes
 from tests.model.dense_reference import dense_logits_all
 
@@ -226,38 +235,29 @@ def test_active_sites_do_not_grow_with_tau():
     assert totals[0] > totals[-1]
 
 
-def test_oracle_propagates_exactly_the_ground_truth_composites():
+def test_oracle_propagates_the_ground_truth_composites_and_pcs_ring():
+    """pc's upper bound: the truth where pc has its prediction, the same ring around it."""
     model = randomised(qgn_tiny(num_classes=6), seed=4)
-    image, label = scene(80, 112, seed=5)
+    height, width = 80, 112
+    image, label = scene(height, width, seed=5)
     targets = [t.unsqueeze(0) for t in dense_to_levels(label)]
     with torch.inference_mode():
         output = model(to_batch(image), Oracle(targets))
     for level, computed in enumerate(output.levels[:-1]):
         b, r, c = computed.coords.unbind(dim=1)
         composite = targets[level][b, r, c] == COMPOSITE
-        assert torch.equal(computed.propagate, composite)
-        # The next level computes exactly the in-image children of those composites.
-        children = output.levels[level + 1].coords
-        parents = computed.coords[composite]
-        assert torch.equal(
-            torch.unique(children[:, 1:] // 2, dim=0), torch.unique(parents[:, 1:], dim=0)
-        )
-    # With the truth driving propagation, every ground-truth composite block was refined:
-    assert sum(output.active_sites()[1:]) == 4 * sum(
-        int((t == COMPOSITE).sum()) for t in targets[:-1]
-    ) - _clipped_children(targets, 80, 112)
-
-
-def _clipped_children(targets, height, width):
-    clipped = 0
-    for level, target in enumerate(targets[:-1]):
-        rows, cols = (target[0] == COMPOSITE).nonzero(as_tuple=True)
+        expected = with_ring(composite, computed.coords) if level in RING_LEVELS else composite
+        assert torch.equal(computed.propagate, expected)
+        # The next level computes exactly the in-image children of those sites.
+        parents = computed.coords[expected].long()
+        offsets = torch.tensor([[0, dr, dc] for dr in (0, 1) for dc in (0, 1)])
+        children = (parents * torch.tensor([1, 2, 2])).unsqueeze(1) + offsets
+        children = children.reshape(-1, 3)
         size = 2 ** (5 - level - 1)
-        for dr in (0, 1):
-            for dc in (0, 1):
-                outside = ((2 * rows + dr) * size >= height) | ((2 * cols + dc) * size >= width)
-                clipped += int(outside.sum())
-    return clipped
+        children = children[(children[:, 1] * size < height) & (children[:, 2] * size < width)]
+        computed_children = output.levels[level + 1].coords.long()
+        assert len(computed_children) == len(children)
+        assert torch.equal(torch.unique(computed_children, dim=0), torch.unique(children, dim=0))
 
 
 def test_prediction_is_consistent_mask_and_canonical_leaves():
