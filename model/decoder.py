@@ -202,12 +202,10 @@ class RefinementStage(nn.Module):
         if len(slot) < len(features):
             features = features[slot]
         del slot
-        skip_at_sites = skip.at(coords)
+        # Added as it is made, not held beside the features (at levels 1 and 2 it would
+        # outweigh a residual block's two tensors).
+        features = skip.add_projected_(features, coords, self.skip.weight)
         skip.release()
-        # addmm_: the projected skip is added as it is made, not held beside the features (at
-        # levels 1 and 2 it would outweigh a residual block's two tensors).
-        features = features.addmm_(skip_at_sites, self.skip.weight.t())
-        del skip_at_sites
         features = batch_norm_(self.bn, features).relu_()
         sites = ActiveSites(coords, grid, batch_size, self.key)
         for block in self.blocks:

@@ -114,7 +114,7 @@ def with_ring(chosen: Tensor, coords: Tensor) -> Tensor:
     next to a chosen one, diagonals included."""
     if not bool(chosen.any()):
         return chosen
-    batch, row, col = coords.long().unbind(dim=1)
+    batch, row, col = coords.unbind(dim=1)  # int32 indexes as it is: no int64 copy
     rows, cols = int(row.max()) + 1, int(col.max()) + 1
     size = (int(batch.max()) + 1, rows + 2, cols + 2)
     marked = torch.zeros(size, dtype=torch.bool, device=coords.device)

@@ -10,7 +10,7 @@ import torch
 from model.cost import calibrate
 from model.memory import MemoryProbe
 from model.qgn import QGN, qgn_tiny, to_batch, to_pixels
-from model.regions import SitesFromPixels, encoder_from_pixels
+from model.regions import DenseSkip, SitesFromPixels, encoder_from_pixels
 from model.schemes import All, Budget, Nothing, PredictedComposite, Threshold
 from tests.model.test_qgn import STEM_BLOCKS, randomised, scene
 
@@ -104,3 +104,22 @@ def test_pixels_are_for_inference_only():
     model = qgn_tiny(4).train()
     with pytest.raises(RuntimeError, match="inference"):
         model(to_pixels(torch.zeros(32, 32, 3, dtype=torch.uint8)), All())
+
+
+def test_a_kept_map_is_read_and_projected_a_chunk_of_sites_at_a_time():
+    """The map is whole while its level reads it; its values at every site beside it were a
+    third (sites, channels) tensor at level 2's peak."""
+    generator = torch.Generator().manual_seed(5)
+    skip_channels, channels, side = 64, 32, 128
+    kept = torch.randn(1, skip_channels, side, side, generator=generator)
+    sites = 8192
+    flat = torch.randperm(side * side, generator=generator)[:sites]
+    coords = torch.stack([torch.zeros_like(flat), flat // side, flat % side], 1).to(torch.int32)
+    weight = torch.randn(channels, skip_channels, generator=generator)
+    features = torch.randn(sites, channels, generator=generator)
+    whole = features + kept[0, :, coords[:, 1], coords[:, 2]].t() @ weight.t()
+    with torch.inference_mode(), MemoryProbe() as probe:
+        chunked = DenseSkip(kept).add_projected_(features, coords, weight)
+    assert chunked is features  # in place
+    assert torch.allclose(chunked, whole, atol=1e-4)
+    assert probe.peak_bytes <= 4 * sites * skip_channels // 4  # a chunk, not all the sites
