@@ -20,7 +20,7 @@ def mib_to_bytes(mib: float) -> int:
 # What a client may ask for, with the one parameter each takes. `oracle` needs the ground
 # truth, so it is offered to evaluation and training only.
 REQUESTABLE: dict[str, dict] = {
-    "all": {"description": "every site is refined (QGN-All): most memory, best accuracy"},
+    "all": {"description": "every site is refined (QGN-All): most memory, pixels read at level 5"},
     "pc": {
         "description": "predicted composites are refined (QGN-PC), and at levels 0-1 their "
         "neighbours: least memory"

@@ -81,7 +81,7 @@ class Scheme(ABC):
 
 
 class All(Scheme):
-    """QGN-All: every site propagates; the high-memory, best-accuracy scheme."""
+    """QGN-All: every site propagates and every pixel reads level 5; the most memory."""
 
     name = "all"
 
