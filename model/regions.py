@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from model import arrival, cancellation
 from model.encoder import IMAGE_MEAN, IMAGE_STD, BasicBlock, normalise
-from model.sparse import GATHER_CHUNK_BYTES, records_autograd
+from model.sparse import gather_chunk_rows, records_autograd
 
 
 @dataclass(frozen=True)
@@ -360,7 +360,7 @@ class DenseSkip(SkipSource):
         """At inference a chunk of sites at a time: the map is still whole, and its values at
         every site beside it (a third tensor of the level's sites) set the peak of level 2 at
         1024×2048 on scenes with many boundaries."""
-        rows = GATHER_CHUNK_BYTES // (self.features.element_size() * self.features.shape[1])
+        rows = gather_chunk_rows(self.features.shape[1], self.features.shape[1])
         if records_autograd(features, self.features) or len(coords) <= rows:
             return super().add_projected_(features, coords, weight)
         for start in range(0, len(coords), rows):

@@ -23,6 +23,7 @@ from model.schemes import (
 )
 from model.sparse import ActiveSites, gather_chunk_bytes
 from tests.model.dense_reference import dense_logits_all
+from tests.model.test_schemes import grid_sites
 
 
 def randomised(model: QGN, seed: int = 0) -> QGN:
@@ -36,12 +37,6 @@ def randomised(model: QGN, seed: int = 0) -> QGN:
             module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(size, generator=generator) * 0.1)
     return model.eval()
-
-
-def square_of_sites(side: int) -> torch.Tensor:
-    """Every (batch 0, row, col) of a side × side grid, int32 as the decoder's coordinates."""
-    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).int()
 
 
 def scene(height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,7 +304,7 @@ def test_tracker_agrees_with_the_analytic_stage_cost_within_10_percent():
         stage = RefinementStage(channels, skip_channels, channels, 13, 1, "k").eval()
         analytic = MemoryCost.analytic((channels,) * 6, (8,) * 5)
         side = 64
-        parents = square_of_sites(side)
+        parents = grid_sites(1, side, side)
         skip = torch.randn(1, skip_channels, 2 * side, 2 * side)
         grid = (2 * side, 2 * side)
         with torch.inference_mode(), MemoryProbe() as probe:
@@ -330,7 +325,7 @@ def test_a_residual_block_at_inference_adds_into_its_input_and_holds_two_tensors
     of convolution, norm and sum done apart, with one (sites, channels) tensor fewer."""
     channels, side = 32, 64
     block = randomised(SparseBasicBlock(channels, "k"), seed=3)
-    coords = square_of_sites(side)
+    coords = grid_sites(1, side, side)
     sites = ActiveSites(coords, (side, side), 1, "k")
     sites.rulebook()
     x = torch.randn(len(coords), channels)
@@ -357,7 +352,7 @@ def test_a_level_frees_its_kept_map_once_read():
     peak of scenes with many boundaries; read at the sites, it is no longer needed."""
     channels, skip_channels, side = 16, 32, 32
     stage = RefinementStage(channels, skip_channels, channels, 13, 2, "k").eval()
-    parents = square_of_sites(side)
+    parents = grid_sites(1, side, side)
     grid = (2 * side, 2 * side)
     map_bytes = 4 * skip_channels * grid[0] * grid[1]
     runs = {}
@@ -379,7 +374,7 @@ def test_a_stage_frees_its_parents_features_once_upsampled():
     whose caller still holds them."""
     channels, side = 16, 64
     stage = RefinementStage(channels, 3, channels, 13, 1, "k").eval()
-    parents = square_of_sites(side)
+    parents = grid_sites(1, side, side)
     grid = (2 * side, 2 * side)
     skip = torch.randn(1, 3, *grid)
     parent_bytes = 4 * channels * side * side
