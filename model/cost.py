@@ -4,10 +4,11 @@ The decoder's peak is the peak of its costliest stage, and a stage's peak is lin
 active sites. For the CPU path the terms are known exactly (`analytic`): inside a sparse
 residual block two (N, D) float tensors live at once (the block input, into which the second
 convolution adds, and the first convolution's output; the parents' features are freed once
-upsampled), plus the rulebook (9 int32 input/output index pairs per site) and the coordinates
-(3 int32, shared with spconv). A fixed cost per stage covers the filter copies and one chunk of an
-offset's gathered inputs, their product and their int64 indices
-(`model.sparse.gather_chunk_bytes`).
+upsampled), plus the rulebook (int32 input/output pairs, at most 48 bytes a site while it is
+built: `model.sparse.neighbour_pairs`) and the coordinates (3 int32, shared with spconv). A
+fixed cost per stage covers the filter copies and one chunk of an offset's gathered inputs,
+their product and their int64 indices (`model.sparse.gather_chunk_bytes`), or of the
+rulebook's search, whichever is larger.
 
 Before the decoder, each phase is bounded on its own by fixed + per padded pixel + per padded
 column bytes (`Linear`): the streamed encoder (its bands follow the columns), the whole-map
@@ -30,15 +31,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from model.regions import PIXEL_BAND_ROWS, recomputes
-from model.sparse import gather_chunk_bytes
+from model.sparse import PAIR_SEARCH_CHUNK_BYTES, RULEBOOK_BYTES_PER_SITE, gather_chunk_bytes
 
-# spconv's int32 pairs.
-RULEBOOK_BYTES_PER_SITE = 2 * 9 * 4
-# On the CPU spconv builds a level's rulebook with a hash table of its own, outside torch's
-# allocators (the window never sees it): 20-44 bytes a site measured as RSS from 90 000 to
-# 4 000 000 sites. Calibrated CPU costs carry it on top of what they measure, so that a
-# budget leaves room for it in the process's memory too.
-SPCONV_HASH_BYTES_PER_SITE = 48
 # int32 (batch, row, col): the decoder's coordinates are spconv's indices, one copy.
 COORD_BYTES_PER_SITE = 3 * 4
 FLOAT_BYTES = 4
@@ -51,10 +45,7 @@ MEMORY_GUARANTEE = {
     "from the pixels entering the model to the mask's quadtree; weights and anything "
     "allocated before the request are not counted. On the CPU the decoded upload (3 bytes a "
     "pixel) is read in place and not counted; on CUDA its copy on the device is counted and "
-    "host memory is not. Not counted either, on the CPU: the hash table spconv builds a "
-    "level's rulebook with (its own allocations, 20-44 bytes a site of that level, freed once "
-    "the rulebook is built); the calibrated cost adds 48 bytes a site for it, so budgets "
-    "and admission leave room for it in the process.",
+    "host memory is not.",
     "budget": "scheme=budget with budget_mb >= the image's min_budget_mb is always accepted and "
     "peak_memory_bytes never exceeds budget_mb MiB.",
     "cap": "With QGN_MEMORY_BUDGET_MB, no request of any scheme exceeds it; capped is true, "
@@ -160,7 +151,7 @@ class MemoryCost:
         ]
         filter_bytes = [2 * 9 * width * width * FLOAT_BYTES for width in decoder_widths]
         stage_bytes = [
-            filters + gather_chunk_bytes(width, width)
+            filters + max(gather_chunk_bytes(width, width), PAIR_SEARCH_CHUNK_BYTES)
             for filters, width in zip(filter_bytes, decoder_widths, strict=True)
         ]
         deepest = FLOAT_BYTES * encoder_widths[4] / 1024  # the stride-32 map, per pixel
@@ -439,8 +430,6 @@ def measure_cost(model, device: torch.device | str, sizes=((128, 256), (256, 512
             )
             measured += FLOAT_BYTES * model.config.decoder_widths[level - 1] * count / 4
             site_bytes[level] = max(site_bytes[level], math.ceil(measured / max(count, 1)))
-    if torch.device(device).type == "cpu":
-        site_bytes[1:] = [bytes_ + SPCONV_HASH_BYTES_PER_SITE for bytes_ in site_bytes[1:]]
     # The floors' phases are measured, not guessed, over FLOOR_SIZES (see there).
     measured = []
     for height, width in FLOOR_SIZES:

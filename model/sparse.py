@@ -22,7 +22,6 @@ from spconv.pytorch import cppcore as _cppcore
 from spconv.pytorch import hash as _hash
 from spconv.pytorch import ops as _ops
 from spconv.pytorch import utils as _utils
-from spconv.pytorch.core import ConvAlgo
 from torch import Tensor, nn
 
 from model import cancellation
@@ -96,28 +95,56 @@ class ActiveSites:
 
     def rulebook(self) -> list[tuple[Tensor, Tensor]]:
         """Per 3×3 offset (row-major, centre excluded), the (input, output) site pairs that
-        it connects, built once by spconv's hash and reused by every layer of the level."""
+        it connects, built once and reused by every layer of the level (`neighbour_pairs`)."""
         if self._rulebook is None:
-            _, pairs, counts = _ops.get_indice_pairs(
-                self.indices,
-                self.batch_size,
-                self.spatial_shape,
-                ConvAlgo.Native,
-                [3, 3],
-                [1, 1],
-                [1, 1],
-                [1, 1],
-                [0, 0],
-                subm=True,
-            )
-            counts = counts.tolist()
-            # spconv stores counts for the first half only; offset k mirrors offset 8 - k.
-            self._rulebook = [
-                (pairs[0, k, : counts[min(k, 8 - k)]], pairs[1, k, : counts[min(k, 8 - k)]])
-                for k in range(9)
-                if k != 4
-            ]
+            self._rulebook = neighbour_pairs(self.indices, self.spatial_shape)
         return self._rulebook
+
+
+# The rulebook is searched this many sites at a time: its temporaries stay a fixed size.
+PAIR_SEARCH_ROWS = 1 << 14
+# At most, while a rulebook is built, a site holds its sorted key and its place (int32), its
+# pairs (int32 input and output at four offsets) and the offset being joined (8 bytes).
+RULEBOOK_BYTES_PER_SITE = 4 + 4 + 4 * 8 + 8
+# One chunk's search: target keys, where they fall (int64) and masks.
+PAIR_SEARCH_CHUNK_BYTES = PAIR_SEARCH_ROWS * (4 + 8 + 3 + 8)
+
+
+def neighbour_pairs(indices: Tensor, spatial_shape: list[int]) -> list[tuple[Tensor, Tensor]]:
+    """For offsets k = 3 ky + kx other than the centre, the int32 (input, output) pairs of
+    sites where the input sits at the output + (ky - 1, kx - 1): what a submanifold 3×3
+    convolution sums. Offset 8 - k is offset k with the roles swapped, so only the first four
+    are searched and stored, the last four are the same tensors: int32 pairs of the sites
+    that have each neighbour, 32 bytes a site at most, where spconv's CPU rulebook holds
+    72 (a (2, 9, N) table) and builds it with a hash table outside torch's allocators. Found
+    by binary search over the sorted site keys, a chunk of sites at a time."""
+    height, width = spatial_shape
+    count = len(indices)
+    if count == 0:
+        none = indices.new_zeros(0)
+        return [(none, none)] * 8
+    images = int(indices[:, 0].max()) + 1
+    key_type = torch.int32 if images * height * width < 2**31 else torch.int64
+    batch, row, col = indices.to(key_type).unbind(dim=1)
+    keys = (batch * height + row) * width + col
+    sorted_keys, order = torch.sort(keys)
+    del keys
+    order = order.to(torch.int32)
+    pairs = []
+    for k in range(4):
+        dy, dx = k // 3 - 1, k % 3 - 1
+        inputs, outputs = [], []
+        for start in range(0, count, PAIR_SEARCH_ROWS):
+            stop = min(start + PAIR_SEARCH_ROWS, count)
+            r, c = row[start:stop], col[start:stop]
+            target = (batch[start:stop] * height + r + dy) * width + c + dx
+            inside = (r + dy >= 0) & (c + dx >= 0) & (c + dx < width)
+            slot = torch.searchsorted(sorted_keys, target).clamp_(max=count - 1)
+            found = inside & (sorted_keys[slot] == target)
+            inputs.append(order[slot[found]])
+            outputs.append(torch.nonzero(found).view(-1).to(torch.int32).add_(start))
+        pairs.append((torch.cat(inputs), torch.cat(outputs)))
+    return [*pairs, *[(outputs, inputs) for inputs, outputs in reversed(pairs)]]
 
 
 class SubmanifoldConv2d(nn.Module):

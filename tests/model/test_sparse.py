@@ -1,10 +1,21 @@
 import pytest
 import torch
+from spconv.pytorch import ops as spconv_ops
+from spconv.pytorch.core import ConvAlgo
 from torch.nn import functional as F
 
 from model import sparse
 from model.memory import MemoryProbe
-from model.sparse import ActiveSites, SubmanifoldConv2d, _current_stream, gather_chunk_bytes
+from model.sparse import (
+    PAIR_SEARCH_CHUNK_BYTES,
+    PAIR_SEARCH_ROWS,
+    RULEBOOK_BYTES_PER_SITE,
+    ActiveSites,
+    SubmanifoldConv2d,
+    _current_stream,
+    gather_chunk_bytes,
+    neighbour_pairs,
+)
 
 
 def _random_sites(height=13, width=17, density=0.45, seed=0):
@@ -154,3 +165,89 @@ def test_exact_on_every_run_with_several_threads():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only stream fallback")
 def test_stream_lookup_is_safe_without_cuda():
     assert _current_stream() == 0
+
+
+def _sites_of_a_batch(images: int, height: int, width: int, count: int, seed: int):
+    """`count` distinct sites in a random order (fewer where a huge grid drew a site twice)."""
+    generator = torch.Generator().manual_seed(seed)
+    positions = images * height * width
+    if positions <= 1 << 24:
+        flat = torch.randperm(positions, generator=generator)[:count]
+    else:
+        flat = torch.randint(0, positions, (count,), generator=generator).unique()
+        flat = flat[torch.randperm(len(flat), generator=generator)]
+    rows = flat % (height * width)
+    return torch.stack([flat // (height * width), rows // width, rows % width], 1).int()
+
+
+def _pairs_by_lookup(indices, shape, images):
+    """Each offset's pairs by a dictionary of the sites: the definition, slowly."""
+    place = {tuple(site): i for i, site in enumerate(indices.tolist())}
+    pairs = []
+    for k in (0, 1, 2, 3, 5, 6, 7, 8):
+        dy, dx = k // 3 - 1, k % 3 - 1
+        found = [
+            (place.get((b, r + dy, c + dx)), o) for o, (b, r, c) in enumerate(indices.tolist())
+        ]
+        pairs.append(
+            tuple(
+                torch.tensor(side, dtype=torch.int32)
+                for side in zip(*[f for f in found if f[0] is not None], strict=True)
+            )
+            if any(f[0] is not None for f in found)
+            else (torch.zeros(0, dtype=torch.int32),) * 2
+        )
+    return pairs
+
+
+def _spconv_pairs(indices, shape, images):
+    """spconv's own CPU rulebook, as pairs per offset: the reference."""
+    _, pairs, counts = spconv_ops.get_indice_pairs(
+        indices, images, shape, ConvAlgo.Native, [3, 3], [1, 1], [1, 1], [1, 1], [0, 0], True
+    )
+    counts = counts.tolist()
+    return [
+        (pairs[0, k, : counts[min(k, 8 - k)]], pairs[1, k, : counts[min(k, 8 - k)]])
+        for k in range(9)
+        if k != 4
+    ]
+
+
+@pytest.mark.parametrize(
+    ("images", "height", "width", "count"),
+    [(2, 13, 17, 200), (3, 5, 5, 75), (1, 40, 3, 90), (1, 1 << 16, 1 << 16, 3000)],
+)
+def test_the_rulebook_pairs_the_sites_spconv_pairs(images, height, width, count):
+    """Shuffled sites over several images, a full grid, a thin one, and a grid of 2^32
+    positions (int64 keys); search chunks split the largest."""
+    indices = _sites_of_a_batch(images, height, width, count, seed=count)
+    if height == 1 << 16:  # neighbours too, not only scattered sites
+        indices = torch.cat([indices, indices + torch.tensor([0, 1, 1], dtype=torch.int32)])
+        indices = indices[(indices[:, 1] < height) & (indices[:, 2] < width)].contiguous()
+    ours = neighbour_pairs(indices, [height, width])
+    references = [_pairs_by_lookup(indices, [height, width], images)]
+    if height * width < 1 << 20:  # spconv's CPU rulebook takes a dense table of the grid
+        references.append(_spconv_pairs(indices, [height, width], images))
+    assert len(ours) == 8
+    assert sum(len(inputs) for inputs, _ in ours) > 0
+    for theirs in references:
+        for (ours_in, ours_out), (their_in, their_out) in zip(ours, theirs, strict=True):
+            assert ours_in.dtype == ours_out.dtype == torch.int32
+            assert set(zip(ours_in.tolist(), ours_out.tolist(), strict=True)) == set(
+                zip(their_in.tolist(), their_out.tolist(), strict=True)
+            )
+
+
+def test_the_rulebook_holds_at_most_32_bytes_a_site_and_48_while_built():
+    """A full grid (every site has its eight neighbours, the most pairs), over several
+    search chunks."""
+    side = 256
+    indices = _sites_of_a_batch(1, side, side, side * side, seed=1)
+    assert len(indices) > 2 * PAIR_SEARCH_ROWS
+    with torch.inference_mode(), MemoryProbe() as probe:
+        pairs = neighbour_pairs(indices, [side, side])
+        held = probe.live_bytes()
+    # each offset pairs every site with the one beside it: 4 axial, 4 diagonal offsets
+    assert sum(len(inputs) for inputs, _ in pairs) == 4 * side * (side - 1) + 4 * (side - 1) ** 2
+    assert held <= 32 * len(indices)
+    assert probe.peak_bytes <= RULEBOOK_BYTES_PER_SITE * len(indices) + PAIR_SEARCH_CHUNK_BYTES
