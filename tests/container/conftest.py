@@ -97,11 +97,15 @@ class Container:
                 return int(line.split()[1]) * 1024
         raise AssertionError(f"no {field} in /proc/1/status")
 
-    def wait_for_metric(self, line: str, seconds: float = 60) -> None:
+    def wait_for_metric_at_least(self, name: str, value: float, seconds: float = 60) -> None:
+        """Until the unlabelled metric `name` reads `value` or more."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and line not in self.http.get("/metrics").text:
+        while time.monotonic() < deadline:
+            for line in self.http.get("/metrics").text.splitlines():
+                if line.startswith(f"{name} ") and float(line.split()[1]) >= value:
+                    return
             time.sleep(0.02)
-        assert line in self.http.get("/metrics").text, f"never saw {line!r}"
+        raise AssertionError(f"{name} never reached {value}")
 
     def segment(self, data: bytes, query: str = "", media: str = "image/png") -> httpx.Response:
         return self.http.post(f"/v1/segment?{query}", content=data, headers={"content-type": media})

@@ -123,7 +123,9 @@ def test_docker_stop_answers_every_request_in_flight_and_exits_0(image):
         threads = [threading.Thread(target=send) for _ in range(4)]
         for thread in threads:
             thread.start()
-        container.wait_for_metric("qgn_inflight_requests 4.0")
+        # One running and one queued at least: waiting for all four raced the first one's
+        # answer on a loaded machine (it was done before the fourth arrived).
+        container.wait_for_metric_at_least("qgn_inflight_requests", 2)
         docker("stop", name, timeout=60)
         for thread in threads:
             thread.join(timeout=60)
