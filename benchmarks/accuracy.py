@@ -183,6 +183,14 @@ def targets(rows: list[dict]) -> list[dict]:
     return found
 
 
+def carried_peer_row(report: Path, peer: str, height: int, width: int) -> dict | None:
+    """A peer's row of an earlier report (same scenes, same measurement), marked as carried."""
+    for row in json.loads(report.read_text())["rows"]:
+        if (row["model"], row["height"], row["width"]) == (peer, height, width):
+            return row | {"carried_from": report.name}
+    return None
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"# Accuracy per MiB — {report['machine']}, {report['date']}",
@@ -193,8 +201,11 @@ def markdown(report: dict) -> str:
         "|---|---|---|---:|---:|---:|",
     ]
     for row in report["rows"]:
+        setting = row["setting"]
+        if "carried_from" in row:
+            setting += f" (from {row['carried_from']})"
         lines.append(
-            f"| {row['model']} | {row['setting']} | {row['height']}×{row['width']} | "
+            f"| {row['model']} | {setting} | {row['height']}×{row['width']} | "
             f"{row['miou']} | {row['peak_bytes'] / MIB:.1f} | {row['latency_s']} |"
         )
     lines += ["", "| target | | evidence |", "|---|---|---|"]
@@ -258,12 +269,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers-python", default=str(REPO / ".venv-peers/bin/python"))
     parser.add_argument("--runs", type=Path, default=REPO / "runs/peers")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
+    parser.add_argument(
+        "--peer-rows",
+        type=Path,
+        help="an earlier report whose peer rows to carry, for the peers not trained here "
+        "(their weights are out of git); each carried row names that report",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     rows = qgn_rows(args.weights, args.scenes)
     jobs = [(peer, size) for peer in PEERS for size in SIZES]
     for index, (peer, (height, width)) in enumerate(jobs, 1):
         found = peer_weights(peer, args.runs)
+        if found is None and args.peer_rows is not None:
+            carried = carried_peer_row(args.peer_rows, peer, height, width)
+            rows += [carried] if carried else []
+            print(f"[{index}/{len(jobs)}] {peer} {height}×{width}: from {args.peer_rows.name}")
+            continue
         if found is None:
             print(f"[{index}/{len(jobs)}] {peer}: not trained yet (no {args.runs / peer})")
             continue

@@ -26,7 +26,15 @@ import torch
 from model.qgn import QGN
 from model.quadtree import IGNORE, dense_to_levels
 from model.scheme_request import MIB
-from model.schemes import All, Budget, Oracle, PredictedComposite, Scheme, Threshold
+from model.schemes import (
+    BUDGET_THRESHOLD,
+    All,
+    Budget,
+    Oracle,
+    PredictedComposite,
+    Scheme,
+    Threshold,
+)
 
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -127,10 +135,11 @@ def default_settings(budgets_mib: list[float]) -> list[Setting]:
 
 
 def pick_budgets(model: QGN, image: np.ndarray) -> list[float]:
-    """Three budgets spread between the image's minimum and what `all` peaks at."""
+    """Three budgets spread between the image's minimum and twice τ 0.1's peak: where a budget
+    refines part of τ 0.1's sites (above that it runs τ 0.1 itself)."""
     floor = model.cost.min_budget_bytes(*image.shape[:2]) / MIB
-    top = model.predict(image, All()).peak_bytes / MIB
-    return [round(floor + f * (top - floor), 1) for f in (0.1, 0.25, 0.5)]
+    top = 2 * model.predict(image, Threshold(BUDGET_THRESHOLD)).peak_bytes / MIB
+    return [round(floor + f * (top - floor), 1) for f in (0.25, 0.5, 1.0)]
 
 
 def evaluate(

@@ -305,10 +305,6 @@ class QGN(nn.Module):
                     live_bytes=probe.live_bytes(),
                     child_site_bytes=self.cost.site_bytes[level + 1],
                     child_stage_bytes=self.cost.fixed_stage_bytes(level + 1, hold) + mask_bytes,
-                    later_levels=tuple(
-                        (self.cost.site_bytes[k], self.cost.fixed_stage_bytes(k, hold) + mask_bytes)
-                        for k in range(level + 2, LEVELS)
-                    ),
                 )
                 propagate = scheme.select(view)
                 del view  # it holds the logits and coordinates

@@ -33,7 +33,8 @@ REQUESTABLE: dict[str, dict] = {
         },
     },
     "budget": {
-        "description": "the most uncertain sites that fit a memory budget are refined",
+        "description": "threshold 0.1's sites, the most uncertain first, as many as fit a memory "
+        "budget, are refined",
         "parameters": {
             "budget_mb": {"type": "number", "exclusiveMinimum": 0, "unit": "MiB", "required": True}
         },

@@ -1,6 +1,8 @@
 """Issue 26's targets, read from one accuracy run's rows."""
 
-from benchmarks.accuracy import MIB, targets
+import json
+
+from benchmarks.accuracy import MIB, carried_peer_row, markdown, targets
 
 
 def row(model, setting, height, miou, peak_mib):
@@ -46,3 +48,15 @@ def test_full_resolution_and_the_fine_threshold_targets():
     assert not found["τ 0.1 within 1 point of all at ≤ 0.05× its peak, 1024×2048"]  # 50 > 48.4
     rows[1]["miou"] = 72.9
     assert not verdicts(rows)["pc at 1024×2048 within 1 point of 512×1024"]
+
+
+def test_a_carried_peer_row_names_the_report_it_came_from(tmp_path):
+    earlier = tmp_path / "accuracy-m-2026-12-01.json"
+    rows = [row("lraspp", "step 5750", 512, 72.13, 86.0), row("qgn", "pc", 512, 79.0, 5.0)]
+    earlier.write_text(json.dumps({"rows": rows}))
+    carried = carried_peer_row(earlier, "lraspp", 512, 1024)
+    assert carried == rows[0] | {"carried_from": earlier.name}
+    assert carried_peer_row(earlier, "lraspp", 1024, 2048) is None
+    assert carried_peer_row(earlier, "dense-twin", 512, 1024) is None
+    table = markdown({"machine": "m", "date": "d", "setup": "", "rows": [carried], "targets": []})
+    assert "| lraspp | step 5750 (from accuracy-m-2026-12-01.json) | 512×1024 | 72.13 |" in table

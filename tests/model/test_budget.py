@@ -1,5 +1,5 @@
-"""The budget scheme plans across the tree: it reserves room for the levels below, and the
-measured peak never passes the budget."""
+"""The budget scheme refines τ 0.1's sites, the most uncertain first, as many as the next level
+can hold, and the measured peak never passes the budget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 from model.cost import calibrate
 from model.qgn import qgn_tiny
 from model.scheme_request import SchemeRequest
-from model.schemes import All, Budget, LevelView, Nothing, build_scheme
+from model.schemes import (
+    BUDGET_THRESHOLD,
+    RING_LEVELS,
+    All,
+    Budget,
+    LevelView,
+    Nothing,
+    Threshold,
+    build_scheme,
+)
 from tests.model.test_qgn import randomised
 
 MODEL = randomised(qgn_tiny(num_classes=4), seed=3)
@@ -23,31 +32,35 @@ def before_mask(prediction) -> int:
     return max(peak for phase, peak in prediction.phase_peaks.items() if phase != "mask")
 
 
-def view(sites: int, later_levels: tuple[tuple[int, int], ...]) -> LevelView:
+def view(sites: int, level: int = 2) -> LevelView:
+    """`sites` in a row whose p(composite) rises from 0.02 to 0.98; a next-level site costs
+    10 bytes and its stage nothing."""
     logits = torch.linspace(-2, 2, sites)[:, None] * torch.tensor([[1.0, -1.0]])
     coords = torch.stack([torch.zeros(sites), torch.zeros(sites), torch.arange(sites)], 1)
-    return LevelView(0, logits, coords.long(), 0, 10, 0, later_levels)
+    return LevelView(level, logits, coords.long(), 0, 10, 0)
 
 
-def test_a_level_leaves_room_for_the_levels_below():
-    # The next level alone fits all 100 parents (4 × 100 × 10 B = 4000 B)...
-    budget = Budget(4000)
-    alone = view(100, ())
-    assert budget.parents_that_fit(alone) == 100
-    assert int(budget.select(alone).sum()) == 100
-    # ...but if they all propagated, the level after would need 1600 sites × 10 B.
-    planned = view(100, ((10, 0),))
-    count = int(budget.select(planned).sum())
-    assert 0 < count < 100
-    assert budget.subtree_fits(planned, count) and not budget.subtree_fits(planned, count + 1)
-    # The chosen sites are the most uncertain: the highest p(composite), i.e. the last ones.
-    assert budget.select(planned)[-count:].all()
+def test_a_budget_that_fits_them_refines_tau_01s_sites_and_never_more():
+    level = view(100)
+    rule = Threshold(BUDGET_THRESHOLD).select(level)
+    assert 0 < int(rule.sum()) < 100
+    for budget in (4000, 10**9):  # the next level fits all 100 parents (4 × 100 × 10 B)
+        assert torch.equal(Budget(budget).select(level), rule)
 
 
-def test_an_ample_budget_is_all_and_none_is_nothing():
-    later = ((10, 0), (10, 0))
-    assert int(Budget(10**9).select(view(50, later)).sum()) == 50
-    assert int(Budget(1).select(view(50, later)).sum()) == 0
+def test_a_tight_budget_keeps_the_most_uncertain_of_them():
+    budget = Budget(1000)  # 25 parents: 4 × 25 × 10 B
+    chosen = budget.select(view(100))
+    assert budget.parents_that_fit(view(100)) == 25
+    assert int(chosen.sum()) == 25 and chosen[-25:].all()  # the highest p(composite)
+    assert int(Budget(1).select(view(100)).sum()) == 0
+
+
+def test_at_the_ring_levels_the_ring_is_refined_too():
+    level = view(100, level=RING_LEVELS[0])
+    below = view(100)
+    ring = Budget(10**9).select(level)
+    assert int(ring.sum()) == int(Budget(10**9).select(below).sum()) + 1  # one site before
 
 
 @settings(max_examples=12, deadline=None)
@@ -67,11 +80,12 @@ def test_the_measured_peak_never_passes_the_budget_on_random_images(height, widt
     assert pred.peak_bytes <= budget, (pred.peak_bytes, budget, pred.active_sites)
 
 
-def test_a_budget_beyond_any_memory_runs_as_all():
+def test_a_budget_beyond_any_memory_runs_as_tau_01():
     budget = build_scheme(SchemeRequest("budget", budget_mb=1e308))
     assert budget.ran().budget_mb == 1e308
-    image = torch.zeros(40, 70, 3, dtype=torch.uint8)
-    assert MODEL.predict(image, budget).active_sites == MODEL.predict(image, All()).active_sites
+    image = torch.randint(0, 256, (40, 70, 3), dtype=torch.uint8)
+    ran = MODEL.predict(image, budget).active_sites
+    assert ran == MODEL.predict(image, Threshold(BUDGET_THRESHOLD)).active_sites
 
 
 @pytest.mark.parametrize("height, width", [(40, 40), (96, 1500), (1500, 96), (333, 517)])
