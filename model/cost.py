@@ -172,9 +172,13 @@ class MemoryCost:
             num_logits=num_logits,
         )
 
+    def kept_bytes(self, height: int, width: int) -> int:
+        """The stride-8 and stride-16 maps a held run keeps."""
+        return math.ceil(self.held_bytes_per_pixel * padded_pixels(height, width))
+
     def head_floor_bytes(self, height: int, width: int, held: bool) -> int:
         """The dense head's peak, over the kept maps when `held`."""
-        kept = math.ceil(self.held_bytes_per_pixel * padded_pixels(height, width)) if held else 0
+        kept = self.kept_bytes(height, width) if held else 0
         return linear_bytes(self.head_bytes, height, width) + kept
 
     def mask_bytes(self, height: int, width: int) -> int:
@@ -221,11 +225,10 @@ class MemoryCost:
         level's stage on top of what is live when the level starts (the kept stride-8 and
         stride-16 maps up to level 2, the outputs of the levels before it) and the mask's
         bound on top of every level's outputs."""
-        pixels = padded_pixels(height, width)
         floor = (
             self.held_floor_bytes(height, width) if held else self.min_budget_bytes(height, width)
         )
-        kept = math.ceil(self.held_bytes_per_pixel * pixels) if held else 0
+        kept = self.kept_bytes(height, width) if held else 0
         output_bytes = 3 * 4 + FLOAT_BYTES * self.num_logits + 1  # coordinates, logits, flag
         worst, outputs = floor, 0
         for level, stage in enumerate(self.decoder_bytes(active_sites, held)):

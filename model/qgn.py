@@ -260,7 +260,10 @@ class QGN(nn.Module):
             if self.training:
                 raise RuntimeError("uint8 pixels are for inference: call model.eval() first")
             batch, height, width = images.shape[:3]
-            hold = scheme.holds_skips(self.cost.held_floor_bytes(height, width))
+            cost = self.cost
+            hold = scheme.holds_skips(
+                cost.held_floor_bytes(height, width), cost.kept_bytes(height, width)
+            )
             deepest, skips = encoder_from_pixels(self.encoder, images, hold, probe)
         else:
             batch, (height, width) = images.shape[0], images.shape[-2:]

@@ -7,9 +7,10 @@ spconv 2.3.8 has three traps on the CPU that this module closes once:
   is not contiguous); `ActiveSites` always hands it contiguous int32 indices;
 - its CPU scatter-add (`SpconvOps.scatter_add_cpu`) races when torch runs more than one
   thread: a few output sites per call come out wrong, differently each run
-  (tests/model/test_sparse.py shows it). On the CPU we therefore take only the rulebook from
-  spconv and do the gather, matrix product and scatter with torch ops, which are exact,
-  differentiable and visible to the memory tracker. On CUDA spconv's own kernels run.
+  (tests/model/test_sparse.py shows it). On the CPU we therefore do the gather, matrix
+  product and scatter with torch ops, which are exact, differentiable and visible to the
+  memory tracker, over a rulebook of our own (`neighbour_pairs`: spconv's CPU rulebook held
+  72 bytes a site and a hash table the tracker never saw). On CUDA spconv's own kernels run.
 An empty active set makes spconv raise, so `SubmanifoldConv2d` returns an empty result
 without calling it.
 """

@@ -96,3 +96,12 @@ def test_the_fitted_floors_cover_shapes_they_were_not_fitted_on(height, width):
     held = before_mask(MODEL.predict(image, Nothing()))
     assert lean <= MODEL.cost.min_budget_bytes(height, width)
     assert held <= MODEL.cost.held_floor_bytes(height, width)
+
+
+def test_a_budget_keeps_the_maps_only_with_room_for_them_twice():
+    """Just above the held floor, keeping the maps left nothing to refine with: such a budget
+    recomputes them at sites instead, and refines."""
+    held_floor, kept = 5_000_000, 2_000_000
+    assert Budget(held_floor + kept).holds_skips(held_floor, kept)
+    assert not Budget(held_floor + kept - 1).holds_skips(held_floor, kept)
+    assert not Budget(held_floor).holds_skips(held_floor, kept)

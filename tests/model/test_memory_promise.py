@@ -83,9 +83,8 @@ def test_no_scheme_exceeds_the_servers_cap(shape, factor, name, seed):
     run = MODEL.predict(pixels, build_scheme(request, cap_mb=cap_mb))
     assert run.peak_bytes <= mib_to_bytes(cap_mb), (shape, cap_mb, run.phase_peaks)
     free = MODEL.predict(pixels, build_scheme(request))
-    shaped = run.active_sites != free.active_sites or (
-        MODEL.cost.held_floor_bytes(height, width) > mib_to_bytes(cap_mb)
-    )
+    held = MODEL.cost.held_floor_bytes(height, width) + MODEL.cost.kept_bytes(height, width)
+    shaped = run.active_sites != free.active_sites or held > mib_to_bytes(cap_mb)
     assert run.scheme.capped == shaped, (shape, cap_mb, run.active_sites, free.active_sites)
     assert run.scheme.budget_mb == (cap_mb if shaped else None)
 

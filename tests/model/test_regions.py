@@ -21,7 +21,7 @@ MODELS = {"tiny": lambda: qgn_tiny(4), "stem-with-blocks": lambda: QGN(STEM_BLOC
 class HoldNothing(All):
     """`all`, but as a budget too small to keep the stride-8 and stride-16 maps would run."""
 
-    def holds_skips(self, held_floor_bytes: int) -> bool:
+    def holds_skips(self, held_floor_bytes: int, kept_bytes: int) -> bool:
         return False
 
 
