@@ -289,10 +289,12 @@ class Engine:
         if deadline_s is not None:
             wait = self.predicted_wait_s()
             fastest = min(o.seconds for i, o in enumerate(options) if i not in excluded)
-            if wait + fastest > deadline_s - (time.monotonic() - arrived):
+            spent = time.monotonic() - arrived
+            if wait + fastest > deadline_s - spent:
                 raise ApiError(
                     "deadline_unreachable",
-                    f"deadline_ms={request.deadline_ms:g} cannot be met: the predicted wait is "
+                    f"deadline_ms={request.deadline_ms:g} cannot be met: {spent * 1000:.0f} ms "
+                    f"have passed since the request arrived, the predicted wait is "
                     f"{wait * 1000:.0f} ms and the fastest setting takes {fastest * 1000:.0f} ms",
                     headers={"Retry-After": str(max(1, math.ceil(wait)))},
                 )
