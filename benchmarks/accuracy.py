@@ -86,12 +86,14 @@ def evaluate_peer(config: dict) -> dict:
 def qgn_rows(weights: Path, scenes: int) -> list[dict]:
     import torch
 
+    from model.cost import calibrate
     from model.data import build_dataset
     from model.evaluate import default_settings, evaluate, pick_budgets
     from model.weights import load_weights
 
     torch.set_num_threads(1)
     model, card = load_weights(weights)
+    model.cost = calibrate(model, "cpu")  # budgets plan with what the server measures
     rows = []
     for height, width in SIZES:
         data = build_dataset("synthetic", "test", height=height, width=width)
