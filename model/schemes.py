@@ -254,7 +254,7 @@ class Capped(Scheme):
     """Another scheme, never refining more than a memory budget allows: the server's cap.
 
     Where the inner scheme picks more sites than fit, the most uncertain of its picks are
-    kept, and where the cap is below the held floor the encoder keeps no map whole; `ran()`
+    kept, and where the cap has no room for the kept maps the encoder keeps no map whole; `ran()`
     then says the cap bound, with the cap as the budget in force.
     """
 
