@@ -243,6 +243,9 @@ def test_the_sweep_plots_one_point_per_setting(watched, server, shots):
         assert minimum <= budget and float(peak_mib) <= budget
     expect(page.locator("#budget")).to_be_enabled()
     assert float(page.locator("#budget").get_attribute("min")) == minimum
+    # The range tops at twice what τ 0.1 holds (above, a budget runs τ 0.1), not at `all`'s.
+    top = float(page.locator("#budget").get_attribute("max"))
+    assert abs(top - 2 * float(rows[8][1])) <= 0.02 and top < float(rows[10][1])
     expect(page.get_by_text("An upload has no ground truth")).to_be_visible()
     page.wait_for_function(  # the strip chart holds the sweep's requests, and those before
         f"document.querySelectorAll('#recent-chart rect.request').length > {settings}"

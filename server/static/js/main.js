@@ -15,9 +15,10 @@ const state = {
   bitmap: null, // the same image decoded by the browser, or null when it cannot
   result: null, // the answer on screen, and its class map
   map: null,
-  reference: null, // this image's `all` answer and class map: the budget's top, the sweep's reference
+  reference: null, // this image's `all` answer and class map: the sweep's reference
   referenceMap: null,
   minBudgetMb: null, // this image's smallest feasible budget, from the API's 422
+  finestMb: null, // this image's peak under τ 0.1, the sites a budget refines: the budget's top
   request: null, // AbortController of the request for the screen
   sweep: null, // AbortController of the sweep
 };
@@ -124,6 +125,7 @@ async function useImage(file) {
     reference: null,
     referenceMap: null,
     minBudgetMb: null,
+    finestMb: null,
   });
   $("budget").disabled = true;
   $("budget-range").textContent = "Chosen when the budget scheme is first used for this image.";
@@ -149,13 +151,21 @@ async function reference(signal) {
   return state.reference;
 }
 
-// The budget slider's range: from the image's minimum (the API's 422 names it) up to what
-// `all` costs.
+// A budget refines τ 0.1's sites, as many as fit (`model.schemes.BUDGET_THRESHOLD`).
+const BUDGET_THRESHOLD = 0.1;
+
+// The budget slider's range: from the image's minimum (the API's 422 names it) up to twice
+// what τ 0.1 holds; a budget above that runs τ 0.1 itself, whatever `all` costs.
 async function budgetRange(signal) {
   if (state.minBudgetMb === null) state.minBudgetMb = await minBudgetMb(state.file, signal);
-  const allMb = (await reference(signal)).stats.peak_memory_bytes / MIB;
+  if (state.finestMb === null) {
+    const file = state.file;
+    const finest = await segment(file, { scheme: "threshold", threshold: BUDGET_THRESHOLD }, signal);
+    if (file !== state.file) throw new DOMException("the image changed", "AbortError");
+    state.finestMb = finest.stats.peak_memory_bytes / MIB;
+  }
   const low = state.minBudgetMb;
-  const high = Math.max(low, Math.ceil(allMb * 100) / 100);
+  const high = Math.max(low, Math.ceil(2 * state.finestMb * 100) / 100);
   const slider = $("budget");
   if (slider.disabled) {
     slider.min = String(low);
@@ -166,7 +176,7 @@ async function budgetRange(signal) {
     showBudget();
     $("budget-range").textContent =
       `From ${low.toFixed(2)} MiB (the smallest this image can run under) to ` +
-      `${high.toFixed(2)} MiB (what all costs).`;
+      `${high.toFixed(2)} MiB (twice what τ 0.1 holds: a larger budget runs τ 0.1 itself).`;
   }
   return [low, high];
 }
@@ -180,7 +190,7 @@ async function run() {
   setBusy(true);
   try {
     if (currentSetting().scheme === "budget") {
-      setStatus("Finding this image's budget range (its minimum, and what all costs)…");
+      setStatus("Finding this image's budget range (its minimum, and what τ 0.1 holds)…");
       await budgetRange(controller.signal);
     }
     const setting = currentSetting();
@@ -287,10 +297,10 @@ async function runSweep() {
   const rows = [];
   clearError();
   try {
-    $("sweep-status").textContent = "Running all (the reference) and finding the smallest budget…";
-    const [low] = await budgetRange(signal);
-    const top = state.reference.stats.peak_memory_bytes / MIB;
-    const settings = ladder(low, top);
+    $("sweep-status").textContent = "Running all (the reference) and finding the budget range…";
+    await reference(signal);
+    const [low, high] = await budgetRange(signal);
+    const settings = ladder(low, high);
     for (const [index, setting] of settings.entries()) {
       $("sweep-status").textContent = `Setting ${index + 1} of ${settings.length}: ${settingLabel(setting)}…`;
       const result = setting.scheme === "all" ? state.reference : await segment(state.file, setting, signal);

@@ -5,13 +5,14 @@ import { MIB } from "./api.js";
 import { SCHEME_COLOURS, scatterChart } from "./charts.js";
 
 export const THRESHOLDS = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1];
-const BUDGET_SHARES = [0.15, 0.4, 0.7]; // of the way from the image's minimum to `all`'s peak
+const BUDGET_SHARES = [0.15, 0.4, 0.7]; // of the way from the image's minimum to the budget's top
 
-// Every setting of the ladder, the budgets placed between this image's floor and `all`.
-export function ladder(minBudgetMb, allPeakMb) {
+// Every setting of the ladder, the budgets placed between this image's floor and the top of
+// its budget range (twice what τ 0.1 holds: above it a budget runs τ 0.1 itself).
+export function ladder(minBudgetMb, topMb) {
   const budgets =
-    allPeakMb > minBudgetMb
-      ? BUDGET_SHARES.map((share) => minBudgetMb + share * (allPeakMb - minBudgetMb))
+    topMb > minBudgetMb
+      ? BUDGET_SHARES.map((share) => minBudgetMb + share * (topMb - minBudgetMb))
       : [minBudgetMb];
   return [
     ...THRESHOLDS.map((threshold) => ({ scheme: "threshold", threshold })),
