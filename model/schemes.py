@@ -197,6 +197,7 @@ class Budget(Scheme):
     """
 
     name = "budget"
+    rule = Threshold(BUDGET_THRESHOLD)  # the sites it refines, as many as fit
 
     def __init__(self, budget_bytes: int, capped: bool = False):
         if not (isinstance(budget_bytes, int) and budget_bytes > 0):
@@ -220,7 +221,7 @@ class Budget(Scheme):
         return int(room // (4 * max(view.child_site_bytes, 1)))
 
     def select(self, view: LevelView) -> Tensor:
-        chosen = Threshold(BUDGET_THRESHOLD).select(view)
+        chosen = self.rule.select(view)
         return most_uncertain(chosen, view.composite_prob, self.parents_that_fit(view))
 
     def ran(self) -> SchemeRun:

@@ -139,12 +139,18 @@ async function useImage(file) {
   await run();
 }
 
+// The current image's answer to `setting`; aborted if another image was chosen meanwhile.
+async function segmentThisImage(setting, signal) {
+  const file = state.file;
+  const result = await segment(file, setting, signal);
+  if (file !== state.file) throw new DOMException("the image changed", "AbortError");
+  return result;
+}
+
 // The image's `all` answer, asked for once.
 async function reference(signal) {
   if (!state.reference) {
-    const file = state.file;
-    const result = await segment(file, { scheme: "all" }, signal);
-    if (file !== state.file) throw new DOMException("the image changed", "AbortError");
+    const result = await segmentThisImage({ scheme: "all" }, signal);
     state.reference = result;
     state.referenceMap = classMap(result);
   }
@@ -159,9 +165,7 @@ const BUDGET_THRESHOLD = 0.1;
 async function budgetRange(signal) {
   if (state.minBudgetMb === null) state.minBudgetMb = await minBudgetMb(state.file, signal);
   if (state.finestMb === null) {
-    const file = state.file;
-    const finest = await segment(file, { scheme: "threshold", threshold: BUDGET_THRESHOLD }, signal);
-    if (file !== state.file) throw new DOMException("the image changed", "AbortError");
+    const finest = await segmentThisImage({ scheme: "threshold", threshold: BUDGET_THRESHOLD }, signal);
     state.finestMb = finest.stats.peak_memory_bytes / MIB;
   }
   const low = state.minBudgetMb;
