@@ -11,8 +11,8 @@ their product and their int64 indices (`model.sparse.gather_chunk_bytes`), or of
 rulebook's search, whichever is larger.
 
 Before the decoder, each phase is bounded on its own by fixed + per padded pixel + per padded
-column bytes (`Linear`): the streamed encoder (its bands follow the columns), the whole-map
-stages that a kept stride-8 map feeds, and the dense head at level 0. A floor is the largest
+column bytes (`Linear`): the streamed encoder (its bands follow the columns), the last stage
+streamed over the kept stride-16 map, and the dense head at level 0. A floor is the largest
 of its phases and the mask's bound: one straight line for all of them could not be both an
 upper bound at 1×4096 and honest at 1024×2048.
 
@@ -30,12 +30,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from model.regions import PIXEL_BAND_ROWS, recomputes
+from model.regions import KEPT_DTYPE, PIXEL_BAND_ROWS, recomputes
 from model.sparse import PAIR_SEARCH_CHUNK_BYTES, RULEBOOK_BYTES_PER_SITE, gather_chunk_bytes
 
 # int32 (batch, row, col): the decoder's coordinates are spconv's indices, one copy.
 COORD_BYTES_PER_SITE = 3 * 4
 FLOAT_BYTES = 4
+KEPT_BYTES = torch.finfo(KEPT_DTYPE).bits // 8  # a value of the kept stride-8 and -16 maps
 LIVE_TENSORS_PER_SITE = 2
 # What a request may rely on (served by `/v1/model`; tests/model/test_memory_promise.py and
 # tests/server/test_memory_promise.py check it over random and thin shapes).
@@ -82,8 +83,8 @@ def site_terms(decoder_widths: tuple[int, ...], level: int) -> tuple[int, int]:
 
 
 def held_bytes_per_pixel(encoder_widths: tuple[int, ...]) -> float:
-    """The stride-8 and stride-16 maps, per padded pixel."""
-    return FLOAT_BYTES * (encoder_widths[2] / 64 + encoder_widths[3] / 256)
+    """The kept stride-8 and stride-16 maps, per padded pixel."""
+    return KEPT_BYTES * (encoder_widths[2] / 64 + encoder_widths[3] / 256)
 
 
 def padded_width(width: int) -> int:
@@ -115,8 +116,8 @@ class MemoryCost:
     stage_bytes: list[int]
     # The lean encoder: streamed to stride 32, nothing kept but the stride-32 map.
     stream_bytes: Linear = (0.0, 0.0, 0.0)
-    # The held encoder: streamed to stride 8, that map kept; then the stages at strides 16
-    # and 32 over the whole kept maps.
+    # The held encoder: streamed to stride 16, the maps at strides 8 and 16 kept; then the
+    # last stage streamed over the kept stride-16 map.
     held_stream_bytes: Linear = (0.0, 0.0, 0.0)
     held_stages_bytes: Linear = (0.0, 0.0, 0.0)
     # The dense head at level 0, over the stride-32 map (on top of the kept maps, if kept).
@@ -157,13 +158,12 @@ class MemoryCost:
         deepest = FLOAT_BYTES * encoder_widths[4] / 1024  # the stride-32 map, per pixel
         band = band_bytes_per_column(encoder_widths)
         held = held_bytes_per_pixel(encoder_widths)
-        stride8 = FLOAT_BYTES * encoder_widths[2] / 64
         return cls(
             site_bytes=site_bytes,
             stage_bytes=stage_bytes,
             stream_bytes=(0.0, deepest, band),
-            held_stream_bytes=(0.0, stride8, band),
-            held_stages_bytes=(0.0, held + 2 * deepest, 0.0),
+            held_stream_bytes=(0.0, held, band),
+            held_stages_bytes=(0.0, held + deepest, 0.0),
             head_bytes=(filter_bytes[0], 3 * FLOAT_BYTES * decoder_widths[0] / 1024, 0.0),
             held_bytes_per_pixel=held,
             decoder_widths=tuple(decoder_widths),
@@ -342,9 +342,9 @@ def known_bytes_per_pixel(config) -> dict[str, float]:
     deepest = FLOAT_BYTES * config.encoder_widths[4] / 1024
     return {
         "stream": deepest,
-        "held_stream": FLOAT_BYTES * config.encoder_widths[2] / 64,
-        # the kept maps, and three at stride 32 in the last stage's block
-        "held_stages": held_bytes_per_pixel(config.encoder_widths) + 3 * deepest,
+        "held_stream": held_bytes_per_pixel(config.encoder_widths),  # the kept maps
+        # the kept maps and the stride-32 map the last stage fills
+        "held_stages": held_bytes_per_pixel(config.encoder_widths) + deepest,
         "head": deepest + FLOAT_BYTES * config.decoder_widths[0] / 1024,
     }
 

@@ -16,6 +16,7 @@ sites.
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -190,9 +191,11 @@ def grids_of(units: list[nn.Module], pixel_grid: tuple[int, int]) -> list[tuple[
 
 @functools.cache
 def normalising_constants(device: torch.device) -> tuple[Tensor, Tensor]:
-    """The image mean and std as (1, 3, 1, 1) tensors, made once per device."""
+    """(scale, shift) as (1, 3, 1, 1) tensors, made once per device: the normalised value
+    of a pixel is pixel * scale + shift (two passes over a patch, not three)."""
     mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
-    return mean, torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std), -mean / std
 
 
 def pixel_patches(pixels: Tensor, windows: Windows) -> Tensor:
@@ -200,13 +203,13 @@ def pixel_patches(pixels: Tensor, windows: Windows) -> Tensor:
     image content, as the padded whole-image batch is after normalising. `pixels` is
     (B, H, W, 3) uint8, unpadded; bands take every image of the batch."""
     _, height, width, _ = pixels.shape
-    mean, std = normalising_constants(pixels.device)
+    scale, shift = normalising_constants(pixels.device)
     if windows.base is None:
         top, left = windows.tops[0], windows.lefts[0]
         r0, r1 = max(top, 0), min(top + windows.height, height)
         c0, c1 = max(left, 0), min(left + windows.width, width)
         patch = pixels[:, r0:r1, c0:c1].permute(0, 3, 1, 2).float()
-        patch.div_(255.0).sub_(mean).div_(std)
+        patch.mul_(scale).add_(shift)
         pads = (c0 - left, left + windows.width - max(c1, c0), r0 - top)
         patch = nn.functional.pad(patch, (*pads, top + windows.height - max(r1, r0)))
         # A band wholly below the image pads an empty patch, which comes back contiguous:
@@ -224,7 +227,7 @@ def pixel_patches(pixels: Tensor, windows: Windows) -> Tensor:
     ]  # (T, h, w, 3) uint8
     patch = gathered.permute(0, 3, 1, 2).float()
     del gathered
-    patch.div_(255.0).sub_(mean).div_(std)
+    patch.mul_(scale).add_(shift)
     return patch.mul_(row_in[:, None, :, None] & col_in[:, None, None, :])
 
 
@@ -248,7 +251,7 @@ class RowStream:
         first = unit_input(unit, Windows.band(0, 1, grid_out), grid_in)
         self.read_top, self.read_rows = first.tops[0], first.height
         self.stride = grid_in[0] // grid_out[0]
-        self.rows: Tensor | None = None  # buffered input rows, from global row self.first
+        self.pending: list[Tensor] = []  # buffered input rows, from global row self.first
         self.first = 0
         self.done = 0  # output rows emitted so far
 
@@ -256,10 +259,10 @@ class RowStream:
         """Adds the next input rows; returns every output row they complete (all that are
         left once the input has `ended`), or None."""
         if rows is not None and rows.shape[2]:
-            self.rows = rows if self.rows is None else torch.cat([self.rows, rows], dim=2)
-        if self.rows is None:
+            self.pending.append(rows)
+        if not self.pending:
             return None
-        available = self.first + self.rows.shape[2]
+        available = self.first + sum(piece.shape[2] for piece in self.pending)
         stop = self.done
         while stop < self.grid_out[0] and (
             ended or self.read_top + self.stride * stop + self.read_rows <= available
@@ -269,65 +272,145 @@ class RowStream:
             return None
         out = Windows.band(self.done, stop - self.done, self.grid_out)
         reads = unit_input(self.unit, out, self.grid_in)
+        patch = self.gather(reads, available)
         top, left = reads.tops[0], reads.lefts[0]
-        begin, end = max(top, self.first), min(top + reads.height, available)
-        patch = nn.functional.pad(
-            self.rows[:, :, begin - self.first : end - self.first],
-            (-left, left + reads.width - self.grid_in[1], begin - top, top + reads.height - end),
-        )
+        taken = min(top + reads.height, available)
+        untaken = self.rows_from(taken)  # arrived beyond this call's window
+        self.pending = []  # the patch holds the rest: not the buffer too under the unit
         result = run_unit(self.unit, patch, reads, out)
-        del patch
         self.done = stop
-        keep_from = self.read_top + self.stride * stop - self.first
-        self.rows = self.rows[:, :, max(keep_from, 0) :] if stop < self.grid_out[0] else None
-        self.first += max(keep_from, 0)
+        if stop < self.grid_out[0]:  # the next calls read the patch's rows from `keep` on
+            keep = self.read_top + self.stride * stop
+            columns = slice(-left, -left + self.grid_in[1])
+            self.pending = [patch[:, :, keep - top : taken - top, columns], *untaken]
+            self.first = keep
         return result
 
+    def rows_from(self, start: int) -> list[Tensor]:
+        """The buffered rows from global row `start` on."""
+        found, row = [], self.first
+        for piece in self.pending:
+            if start < row + piece.shape[2]:
+                found.append(piece[:, :, max(start - row, 0) :])
+            row += piece.shape[2]
+        return found
 
-# Pixel rows per band of the first pass.
-PIXEL_BAND_ROWS = 16
-
-
-def stream_encoder(
-    encoder: nn.Module, pixels: Tensor, stages: int, keep: tuple[int, ...], min_rows: int
-) -> dict[int, Tensor]:
-    """Runs the stem and `stages` stages over (B, H, W, 3) uint8 pixels, PIXEL_BAND_ROWS rows
-    at a time, each unit computing at least `min_rows` output rows per call (fewer, larger
-    calls against a smaller working set), and returns whole only the maps of the strides in
-    `keep`."""
-    units = units_of(encoder, stages)
-    grids = grids_of(units, padded_grid(pixels))
-    streams = [RowStream(u, grids[i], grids[i + 1], min_rows) for i, u in enumerate(units)]
-    # A stride's map is the output of the last unit at that stride.
-    stride_of = [grids[0][0] // grids[i + 1][0] for i in range(len(units))]
-    ends = {max(i for i, s in enumerate(stride_of) if s == stride): stride for stride in keep}
-    batch = pixels.shape[0]
-    maps = {
-        stride: torch.empty(
-            (batch, encoder.out_channels[encoder.strides.index(stride)], *grids[end + 1]),
-            device=pixels.device,
+    def gather(self, reads: Windows, available: int) -> Tensor:
+        """The input window `reads` in one new tensor: the buffered rows it covers, zero
+        outside the grid (the buffer is copied once, not concatenated and then padded)."""
+        top, left = reads.tops[0], reads.lefts[0]
+        first = self.pending[0]
+        patch = torch.empty(
+            (first.shape[0], first.shape[1], reads.height, reads.width),
+            dtype=first.dtype,
+            device=first.device,
             memory_format=torch.channels_last,
         )
-        for end, stride in ends.items()
-    }
+        begin, end = max(top, self.first), min(top + reads.height, available)
+        patch[:, :, : begin - top].zero_()
+        patch[:, :, end - top :].zero_()
+        patch[:, :, :, :-left].zero_()
+        patch[:, :, :, -left + self.grid_in[1] :].zero_()
+        row = self.first
+        for piece in self.pending:
+            lo, hi = max(row, begin), min(row + piece.shape[2], end)
+            if lo < hi:
+                patch[:, :, lo - top : hi - top, -left : -left + self.grid_in[1]] = piece[
+                    :, :, lo - row : hi - row
+                ]
+            row += piece.shape[2]
+        return patch
+
+
+# Pixel rows per band of the first pass; rows of the stride-16 map per band of the second.
+PIXEL_BAND_ROWS = 16
+MAP_BAND_ROWS = 8
+
+# The stride-8 and stride-16 maps are kept in half precision: at 1024×2048 they are 11 MiB in
+# float32, most of the head's peak (`docs/memory.md`); each level reads them back to float32
+# a chunk of sites at a time, and the masks are unchanged (mIoU to two decimals).
+KEPT_DTYPE = torch.float16
+
+
+def stream_units(
+    units: list[nn.Module],
+    grids: list[tuple[int, int]],
+    bands,
+    keep: dict[int, Tensor],
+    min_rows: int,
+) -> None:
+    """Runs `units` over a map that arrives as `bands` (an iterable of (B, C, rows, width)
+    tensors, top to bottom) and fills `keep[i]`, a whole map (any dtype), with unit i's
+    output rows as they come: no other map is ever whole. Each unit computes at least
+    `min_rows` output rows per call (fewer, larger calls against a smaller working set)."""
+    streams = [RowStream(u, grids[i], grids[i + 1], min_rows) for i, u in enumerate(units)]
     written = dict.fromkeys(keep, 0)
-    for top in [*range(0, grids[0][0], PIXEL_BAND_ROWS), None]:
+    for rows in itertools.chain(bands, [None]):  # lazily: one band at a time
         cancellation.check()
-        ended = top is None
-        rows = None
-        if not ended:
-            height = min(PIXEL_BAND_ROWS, grids[0][0] - top)
-            arrival.wait_for_rows(min(top + height, pixels.shape[1]))
-            rows = pixel_patches(pixels, Windows.band(top, height, grids[0]))
+        ended = rows is None
         for index, stream in enumerate(streams):
             rows = stream.push(rows, ended)
             if rows is None and not ended:
                 break
-            if index in ends and rows is not None:
-                stride = ends[index]
-                maps[stride][:, :, written[stride] : written[stride] + rows.shape[2]] = rows
-                written[stride] += rows.shape[2]
-    return maps
+            if index in keep and rows is not None:
+                keep[index][:, :, written[index] : written[index] + rows.shape[2]] = rows
+                written[index] += rows.shape[2]
+
+
+def empty_map(batch: int, channels: int, grid: tuple[int, int], dtype, device) -> Tensor:
+    return torch.empty(
+        (batch, channels, *grid), dtype=dtype, device=device, memory_format=torch.channels_last
+    )
+
+
+def stream_encoder(
+    encoder: nn.Module,
+    pixels: Tensor,
+    stages: int,
+    keep: tuple[int, ...],
+    min_rows: int,
+    dtype: torch.dtype = torch.float32,
+) -> dict[int, Tensor]:
+    """Runs the stem and `stages` stages over (B, H, W, 3) uint8 pixels, PIXEL_BAND_ROWS rows
+    at a time, and returns whole only the maps of the strides in `keep`, in `dtype`."""
+    units = units_of(encoder, stages)
+    grids = grids_of(units, padded_grid(pixels))
+    # A stride's map is the output of the last unit at that stride.
+    stride_of = [grids[0][0] // grids[i + 1][0] for i in range(len(units))]
+    ends = {max(i for i, s in enumerate(stride_of) if s == stride): stride for stride in keep}
+    maps = {
+        index: empty_map(
+            pixels.shape[0],
+            encoder.out_channels[encoder.strides.index(stride)],
+            grids[index + 1],
+            dtype,
+            pixels.device,
+        )
+        for index, stride in ends.items()
+    }
+
+    def bands():
+        for top in range(0, grids[0][0], PIXEL_BAND_ROWS):
+            height = min(PIXEL_BAND_ROWS, grids[0][0] - top)
+            arrival.wait_for_rows(min(top + height, pixels.shape[1]))
+            yield pixel_patches(pixels, Windows.band(top, height, grids[0]))
+
+    stream_units(units, grids, bands(), maps, min_rows)
+    return {ends[index]: tensor for index, tensor in maps.items()}
+
+
+def stream_stage(stage: nn.Module, source: Tensor, channels: int, min_rows: int) -> Tensor:
+    """One encoder stage over a whole kept map (any dtype), read MAP_BAND_ROWS rows at a time
+    as float32: its float32 copy is never whole. Returns the stage's output map."""
+    units = list(stage)
+    grids = grids_of(units, tuple(source.shape[2:]))
+    out = empty_map(source.shape[0], channels, grids[-1], torch.float32, source.device)
+    rows = source.shape[2]
+    bands = (
+        source[:, :, top : top + MAP_BAND_ROWS].float() for top in range(0, rows, MAP_BAND_ROWS)
+    )
+    stream_units(units, grids, bands, {len(units) - 1: out}, min_rows)
+    return out
 
 
 class SkipSource:
@@ -354,7 +437,7 @@ class DenseSkip(SkipSource):
         self.features: Tensor | None = features
 
     def at(self, coords: Tensor) -> Tensor:
-        return self.features[coords[:, 0], :, coords[:, 1], coords[:, 2]]
+        return self.features[coords[:, 0], :, coords[:, 1], coords[:, 2]].float()
 
     def add_projected_(self, features: Tensor, coords: Tensor, weight: Tensor) -> Tensor:
         """At inference a chunk of sites at a time: the map is still whole, and its values at
@@ -467,10 +550,9 @@ def recompute_costs(encoder: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...
     return chunk, tiles
 
 
-# Output rows per call of each streamed unit: when the stride-8 map is kept anyway, larger
-# calls (faster); when nothing is kept, smaller ones (less memory, slower).
-HELD_STREAM_ROWS = 8
-LEAN_STREAM_ROWS = 4
+# Output rows per call of each streamed unit: fewer rows, less memory held in bands; more
+# calls, slower.
+STREAM_ROWS = 4
 
 
 def encoder_from_pixels(
@@ -478,22 +560,22 @@ def encoder_from_pixels(
 ) -> tuple[Tensor, list[SkipSource]]:
     """From (B, H, W, 3) uint8 pixels: the stride-32 map, and where levels 1 to 5 read their
     skips. The maps at strides 4 and 2 are recomputed at the sites of levels 3 and 4 only,
-    and level 5 reads the pixels. Those at strides 8 and 16 are small and kept whole when
-    `hold_skips` (fast); otherwise they too are recomputed at their levels' sites (the least
-    memory, and more work per site). With `hold_skips`, the whole-map stages after the stream
-    are a phase of `probe` of their own ("encoder_stages"): the stream's peak follows the
-    columns, theirs the pixels, and the cost model fits each on its own."""
+    and level 5 reads the pixels. Those at strides 8 and 16 are small and kept whole (in
+    KEPT_DTYPE) when `hold_skips` (fast); otherwise they too are recomputed at their levels'
+    sites (the least memory, and more work per site). With `hold_skips` the last stage runs
+    over the kept stride-16 map in a pass of its own, a phase of `probe` of its own
+    ("encoder_stages"): streamed with the others, its buffers would sit beside theirs."""
     held: dict[int, Tensor] = {}  # level -> the whole map it reads
     if hold_skips:
-        stride8 = stream_encoder(encoder, pixels, 2, (8,), HELD_STREAM_ROWS)[8]
+        maps = stream_encoder(encoder, pixels, 3, (8, 16), STREAM_ROWS, KEPT_DTYPE)
         if probe is not None:
             probe.begin_phase("encoder_stages")
-        stride16 = encoder.stages[2](stride8)
-        deepest = encoder.stages[3](stride16)
-        held.update({1: stride16, 2: stride8})
+        deepest = stream_stage(encoder.stages[3], maps[16], encoder.out_channels[4], STREAM_ROWS)
+        held.update({1: maps[16], 2: maps[8]})
+        del maps
     else:
         stages = len(encoder.stages)
-        deepest = stream_encoder(encoder, pixels, stages, (32,), LEAN_STREAM_ROWS)[32]
+        deepest = stream_encoder(encoder, pixels, stages, (32,), STREAM_ROWS)[32]
     skips: list[SkipSource] = [
         SitesFromPixels(encoder, pixels, 4 - level)  # level l reads stride 2^(5 - l)
         if recomputes(level, hold_skips)

@@ -1,6 +1,7 @@
 """The encoder from uint8 pixels (`model.regions`) is the whole-map encoder, computed window by
-window: the same logits, while no map at strides 2 and 4 is ever held whole and the memory
-of recomputing them follows the sites."""
+window: the same logits (within 1e-4, with the kept stride-8 and -16 maps in half precision),
+while no map at strides 2 and 4 is ever held whole and the memory of recomputing them follows
+the sites."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from model.cost import calibrate
 from model.memory import MemoryProbe
 from model.qgn import QGN, qgn_tiny, to_batch, to_pixels
-from model.regions import DenseSkip, SitesFromPixels, encoder_from_pixels
+from model.regions import KEPT_DTYPE, DenseSkip, SitesFromPixels, encoder_from_pixels
 from model.schemes import All, Budget, Nothing, PredictedComposite, Threshold
 from tests.model.test_qgn import STEM_BLOCKS, randomised, scene
 
@@ -45,12 +46,18 @@ def test_pixels_give_the_whole_map_logits(name, height, width, scheme):
 @pytest.mark.parametrize("hold", [True, False])
 @pytest.mark.parametrize(("height", "width"), [(129, 250), (40, 33)])
 def test_every_skip_source_reads_the_whole_map(hold, height, width):
+    """Recomputed sites and the pixels as they are; the kept stride-8 and -16 maps rounded to
+    KEPT_DTYPE, and the stride-32 map made from the rounded stride-16 one."""
     model = randomised(qgn_tiny(4), seed=7)
     image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8)
     with torch.inference_mode():
         batch = to_batch(image, pad_to=32)
         maps = model.encoder(batch)
         deepest, skips = encoder_from_pixels(model.encoder, to_pixels(image), hold)
+        if hold:
+            assert [skips[0].features.dtype, skips[1].features.dtype] == [KEPT_DTYPE] * 2
+            maps = [*maps[:2], *(kept.to(KEPT_DTYPE).float() for kept in maps[2:4])]
+            maps.append(model.encoder.stages[3](maps[3]))
         torch.testing.assert_close(deepest, maps[4], atol=1e-5, rtol=0)
         for source, whole in zip(skips, [*maps[3::-1], batch], strict=True):
             rows, cols = whole.shape[-2:]
@@ -59,7 +66,9 @@ def test_every_skip_source_reads_the_whole_map(hold, height, width):
             if source is skips[-1]:  # level 5 reads the image's own pixels, never the padding
                 coords = coords[(coords[:, 1] < height) & (coords[:, 2] < width)]
             expected = whole[0, :, coords[:, 1], coords[:, 2]].t()
-            torch.testing.assert_close(source.at(coords), expected, atol=1e-5, rtol=0)
+            # rounding to half precision may round a value computed in another order apart
+            rtol = 2.0**-10 if isinstance(source, DenseSkip) else 0
+            torch.testing.assert_close(source.at(coords), expected, atol=1e-5, rtol=rtol)
 
 
 def test_recomputed_sites_cost_memory_by_the_site_not_by_the_image():
@@ -84,7 +93,7 @@ def test_refine_nothing_under_a_small_budget_holds_no_map_and_costs_less():
     image, _ = scene(1024, 2048, seed=10)
     lean = model.predict(image, Budget(1))
     held = model.predict(image, Nothing())
-    held_maps = 4 * 16 * (128 * 256 + 64 * 128)  # stride 8 and 16, 16 channels each
+    held_maps = 2 * 16 * (128 * 256 + 64 * 128)  # stride 8 and 16, 16 half floats each
     assert held.phase_peaks["encoder"] >= held_maps
     assert lean.phase_peaks["encoder"] <= held.phase_peaks["encoder"] - held_maps / 2
     assert lean.peak_bytes <= model.cost.min_budget_bytes(1024, 2048)
