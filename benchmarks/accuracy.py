@@ -12,7 +12,7 @@ neither QGN's training nor the peers' validation saw), one torch thread:
   (torchvision does not import beside torch 2.13.0).
 
 mIoU is from one confusion matrix over the scenes; peak bytes by the allocation window (the
-largest over the scenes), latency the median. Writes `results/accuracy-<machine>-<date>.json`
+largest over the scenes, and their mean in `peak_bytes_mean`), latency the median. Writes `results/accuracy-<machine>-<date>.json`
 (a list `rows` of {model, setting, height, width, miou (percent), peak_bytes, latency_s}), the
 `.md` table made from it and the `.png` (mIoU against peak MiB, log scale, a panel per size,
 QGN's τ sweep as a curve, the peers as labelled points).
@@ -78,6 +78,7 @@ def evaluate_peer(config: dict) -> dict:
     return {
         "miou": round(100 * mean_iou(matrix), 2),
         "peak_bytes": max(peaks),
+        "peak_bytes_mean": round(float(np.mean(peaks))),
         "latency_s": round(float(np.median(latencies)), 4),
         "trained_steps": step,
     }
@@ -110,6 +111,7 @@ def qgn_rows(weights: Path, scenes: int) -> list[dict]:
                     "width": width,
                     "miou": round(100 * row["miou"], 2),
                     "peak_bytes": round(row["peak_mib_max"] * MIB),
+                    "peak_bytes_mean": round(row["peak_mib"] * MIB),
                     "latency_s": round(row["latency_ms_median"] / 1000, 4),
                 }
             )
@@ -133,7 +135,8 @@ def setting_name(row: dict) -> str:
 def targets(rows: list[dict]) -> list[dict]:
     """Issue 26's targets over one run's rows: per trained peer and size, QGN's best setting
     at <= 0.25× the peer's peak within a point of the peer; `pc` at 1024×2048 within a point
-    of 512×1024; τ 0.1 within a point of `all` at <= 0.05× its peak, at each size."""
+    of 512×1024; τ 0.1 within a point of `all` at <= 0.05× its peak, at each size: the
+    largest over the scenes, and where the rows have it, the mean (the model card's)."""
 
     def size_of(row: dict) -> str:
         return f"{row['height']}×{row['width']}"
@@ -173,13 +176,24 @@ def targets(rows: list[dict]) -> list[dict]:
             ours.get(("threshold=0.1", f"{height}×{width}")),
             ours.get(("all", f"{height}×{width}")),
         )
-        if finest and dense:
+        if not (finest and dense):
+            continue
+        close = finest["miou"] >= dense["miou"] - 1
+        found.append(
+            {
+                "target": f"τ 0.1 within 1 point of all at ≤ 0.05× its peak, {height}×{width}",
+                "met": close and finest["peak_bytes"] <= 0.05 * dense["peak_bytes"],
+                "evidence": f"{scored(finest)} against {scored(dense)}",
+            }
+        )
+        if "peak_bytes_mean" in finest and "peak_bytes_mean" in dense:
+            means = [row["peak_bytes_mean"] / MIB for row in (finest, dense)]
             found.append(
                 {
-                    "target": f"τ 0.1 within 1 point of all at ≤ 0.05× its peak, {height}×{width}",
-                    "met": finest["miou"] >= dense["miou"] - 1
-                    and finest["peak_bytes"] <= 0.05 * dense["peak_bytes"],
-                    "evidence": f"{scored(finest)} against {scored(dense)}",
+                    "target": "τ 0.1 within 1 point of all at ≤ 0.05× its peak, "
+                    f"{height}×{width}, mean peak over the scenes",
+                    "met": close and means[0] <= 0.05 * means[1],
+                    "evidence": f"τ 0.1 {means[0]:.2f} MiB against all {means[1]:.2f}",
                 }
             )
     return found
@@ -199,16 +213,17 @@ def markdown(report: dict) -> str:
         "",
         report["setup"],
         "",
-        "| model | setting | size | mIoU % | peak MiB | latency s |",
-        "|---|---|---|---:|---:|---:|",
+        "| model | setting | size | mIoU % | peak MiB | mean peak MiB | latency s |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         setting = row["setting"]
         if "carried_from" in row:
             setting += f" (from {row['carried_from']})"
+        mean = f"{row['peak_bytes_mean'] / MIB:.2f}" if "peak_bytes_mean" in row else ""
         lines.append(
             f"| {row['model']} | {setting} | {row['height']}×{row['width']} | "
-            f"{row['miou']} | {row['peak_bytes'] / MIB:.1f} | {row['latency_s']} |"
+            f"{row['miou']} | {row['peak_bytes'] / MIB:.1f} | {mean} | {row['latency_s']} |"
         )
     lines += ["", "| target | | evidence |", "|---|---|---|"]
     for target in report["targets"]:
@@ -300,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         setting = found[1] if result["trained_steps"] is None else f"step {result['trained_steps']}"
         rows.append(
             {"model": peer, "setting": setting, "height": height, "width": width}
-            | {k: result[k] for k in ("miou", "peak_bytes", "latency_s")}
+            | {k: result[k] for k in ("miou", "peak_bytes", "peak_bytes_mean", "latency_s")}
         )
         print(
             f"[{index}/{len(jobs)}] {peer} {height}×{width}: {result['miou']} mIoU "

@@ -50,6 +50,19 @@ def test_full_resolution_and_the_fine_threshold_targets():
     assert not verdicts(rows)["pc at 1024×2048 within 1 point of 512×1024"]
 
 
+def test_the_fine_threshold_target_is_also_read_on_the_mean_peak():
+    """The largest scene's peak over 0.05× `all`'s, the mean under it: one missed, one met."""
+    rows = [
+        row("qgn", "threshold=0.1", 512, 76.2, 5.56) | {"peak_bytes_mean": 4.4 * MIB},
+        row("qgn", "all", 512, 76.0, 95.7) | {"peak_bytes_mean": 95.7 * MIB},
+    ]
+    found = verdicts(rows)
+    size = "τ 0.1 within 1 point of all at ≤ 0.05× its peak, 512×1024"
+    assert not found[size] and found[f"{size}, mean peak over the scenes"]
+    rows[0]["miou"] = 74.9  # more than a point below: neither
+    assert not any(verdicts(rows).values())
+
+
 def test_a_carried_peer_row_names_the_report_it_came_from(tmp_path):
     earlier = tmp_path / "accuracy-m-2026-12-01.json"
     rows = [row("lraspp", "step 5750", 512, 72.13, 86.0), row("qgn", "pc", 512, 79.0, 5.0)]
@@ -60,3 +73,4 @@ def test_a_carried_peer_row_names_the_report_it_came_from(tmp_path):
     assert carried_peer_row(earlier, "dense-twin", 512, 1024) is None
     table = markdown({"machine": "m", "date": "d", "setup": "", "rows": [carried], "targets": []})
     assert "| lraspp | step 5750 (from accuracy-m-2026-12-01.json) | 512×1024 | 72.13 |" in table
+    assert "| 86.0 |  | 0.1 |" in table  # no mean peak in that report
