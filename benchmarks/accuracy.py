@@ -12,10 +12,11 @@ neither QGN's training nor the peers' validation saw), one torch thread:
   (torchvision does not import beside torch 2.13.0).
 
 mIoU is from one confusion matrix over the scenes; peak bytes by the allocation window (the
-largest over the scenes, and their mean in `peak_bytes_mean`), latency the median. Writes `results/accuracy-<machine>-<date>.json`
-(a list `rows` of {model, setting, height, width, miou (percent), peak_bytes, latency_s}), the
-`.md` table made from it and the `.png` (mIoU against peak MiB, log scale, a panel per size,
-QGN's τ sweep as a curve, the peers as labelled points).
+largest over the scenes, and their mean in `peak_bytes_mean`), latency the median. Writes
+`results/accuracy-<machine>-<date>.json` (a list `rows` of {model, setting, height, width,
+miou (percent), peak_bytes, latency_s}), the `.md` table made from it and the `.png` (mIoU
+against peak MiB, log scale, a panel per size, QGN's τ sweep as a curve, the peers as labelled
+points).
 """
 
 from __future__ import annotations
