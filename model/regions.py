@@ -153,14 +153,27 @@ def run_unit(unit: nn.Module, x: Tensor, x_windows: Windows, out: Windows) -> Te
     if not isinstance(unit, BasicBlock):
         conv, norm, relu = unit
         return out.zero_outside(relu(norm(conv_valid(conv, x))))
-    hidden = out.grown(1).zero_outside(unit.relu(unit.bn1(conv_valid(unit.conv1, x))))
+    hidden = first_convolution(unit, x, out.grown(1))
     y = unit.bn2(conv_valid(unit.conv2, hidden))
     del hidden
-    reads = out.needed_by(1, unit.conv1.stride[0], x_windows.grid)  # the 1×1 shortcut
+    return with_shortcut(unit, y, x, x_windows, out)
+
+
+def first_convolution(block: BasicBlock, x: Tensor, rows: Windows) -> Tensor:
+    """A block's first convolution (with its norm and ReLU) over `x`, giving windows `rows`,
+    zero outside the grid."""
+    return rows.zero_outside(block.relu(block.bn1(conv_valid(block.conv1, x))))
+
+
+def with_shortcut(
+    block: BasicBlock, y: Tensor, x: Tensor, x_windows: Windows, out: Windows
+) -> Tensor:
+    """A block's output: its second convolution's `y` (normalised) plus the shortcut of its
+    input `x` (windows `x_windows`) at `out`, ReLU, zero outside the grid."""
+    reads = out.needed_by(1, block.conv1.stride[0], x_windows.grid)  # the 1×1 shortcut
     top, left = reads.offset_in(x_windows)
-    shortcut_in = x[..., top : top + reads.height, left : left + reads.width]
-    y += unit.shortcut(shortcut_in)
-    return out.zero_outside(unit.relu(y))
+    y += block.shortcut(x[..., top : top + reads.height, left : left + reads.width])
+    return out.zero_outside(block.relu(y))
 
 
 def plan_windows(units: list[nn.Module], out: Windows, grids: list[tuple[int, int]]) -> list:
@@ -359,17 +372,13 @@ class BlockStream(RowStream):
         block, hidden_rows = self.unit, self.hidden_rows(out)
         conv1 = hidden_rows.needed_by(3, self.stride, self.grid_in)
         start = conv1.tops[0] - reads.tops[0]
-        hidden = conv_valid(block.conv1, patch[:, :, start : start + conv1.height])
-        hidden = hidden_rows.zero_outside(block.relu(block.bn1(hidden)))
+        hidden = first_convolution(block, patch[:, :, start : start + conv1.height], hidden_rows)
         if self.hidden is not None:
             hidden = torch.cat([self.hidden, hidden], dim=2)
         y = block.bn2(conv_valid(block.conv2, hidden))
         self.hidden = hidden[:, :, -2:].clone()
         del hidden
-        shortcut = out.needed_by(1, self.stride, self.grid_in)
-        top, left = shortcut.offset_in(reads)
-        y += block.shortcut(patch[..., top : top + shortcut.height, left : left + shortcut.width])
-        return out.zero_outside(block.relu(y))
+        return with_shortcut(block, y, patch, reads, out)
 
     def first_read(self, done: int) -> int:
         return self.stride * done  # the shortcut's; the first convolution reads from below
